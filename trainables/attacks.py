@@ -1,0 +1,111 @@
+"""White-box attacks with one interface, as in torchattacks: `attack(model, x, y) -> x_adv`.
+
+Hand-written because adversarial *training* needs them inside the autograd-heavy hot loop with
+our own step schedule and random start; evaluation also runs AutoAttack from `torchattacks`.
+Inputs are images in [0, 1]; the model normalizes inside, so epsilon is in pixel units.
+The caller chooses the model's mode (evaluation attacks run in eval()).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("linf", "l2")
+
+
+def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x), y)
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def _l2_normalize(v: torch.Tensor) -> torch.Tensor:
+    norms = v.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return v / norms.view(-1, *([1] * (v.dim() - 1)))
+
+
+def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    norms = delta.flatten(1).norm(dim=1).view(-1, *([1] * (delta.dim() - 1)))
+    return delta * torch.clamp(eps / norms.clamp_min(1e-12), max=1.0)
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str, generator) -> torch.Tensor:
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+        return (2 * u - 1) * eps
+    g = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+    r = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device)
+    return _l2_normalize(g) * (eps * r).view(-1, *([1] * (x.dim() - 1)))
+
+
+@dataclass
+class FGSM:
+    """Fast gradient sign method; with `random_start` it is the 'fast is better than free' attack
+    (Wong et al., 2020) whose step is 1.25 eps from a uniform start."""
+
+    eps: float
+    random_start: bool = False
+    seed: int = 0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0:
+            return x.detach()
+        delta = torch.zeros_like(x)
+        step = self.eps
+        if self.random_start:
+            gen = torch.Generator().manual_seed(self.seed)
+            delta = _random_start(x, self.eps, "linf", gen)
+            step = 1.25 * self.eps
+        grad = _loss_grad(model, (x + delta).clamp(0, 1), y)
+        delta = (delta + step * grad.sign()).clamp(-self.eps, self.eps)
+        return (x + delta).clamp(0, 1).detach()
+
+
+@dataclass
+class PGD:
+    """Projected gradient descent (Madry et al., 2018), L-inf or L2, with random start and
+    restarts; with restarts it keeps, per example, the first restart that fools the model."""
+
+    eps: float
+    steps: int = 10
+    step_size: float | None = None  # default 2.5 * eps / steps, as in Madry et al.
+    norm: str = "linf"
+    random_start: bool = True
+    restarts: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.eps < 0 or self.steps < 1 or self.restarts < 1:
+            raise ValueError("PGD needs eps >= 0, steps >= 1 and restarts >= 1")
+
+    def _one_run(self, model, x, y, generator) -> torch.Tensor:
+        step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        delta = _random_start(x, self.eps, self.norm, generator) if self.random_start else 0 * x
+        delta = ((x + delta).clamp(0, 1) - x).detach()
+        for _ in range(self.steps):
+            grad = _loss_grad(model, x + delta, y)
+            update = grad.sign() if self.norm == "linf" else _l2_normalize(grad)
+            delta = _project(delta + step * update, self.eps, self.norm)
+            delta = ((x + delta).clamp(0, 1) - x).detach()
+        return (x + delta).detach()
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0:
+            return x.detach()
+        gen = torch.Generator().manual_seed(self.seed)
+        best = self._one_run(model, x, y, gen)
+        for _ in range(self.restarts - 1):
+            with torch.no_grad():
+                fooled = model(best).argmax(1) != y
+            if fooled.all():
+                break
+            candidate = self._one_run(model, x, y, gen)
+            best = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), best, candidate)
+        return best

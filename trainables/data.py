@@ -1,0 +1,208 @@
+"""Datasets as in-memory tensors: digits (embedded), CIFAR-10 and CIFAR-100.
+
+All images come back as float32 tensors (N, C, H, W) in [0, 1]; the models normalize inside.
+These datasets are small enough to hold in memory, which keeps the training loop free of
+DataLoader workers (a real cost on 2 cores) and makes every batch a single tensor index.
+"""
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "cifar10", "cifar100")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class DataError(ValueError):
+    """A dataset that is missing, truncated or not what it claims to be."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train and test images in [0, 1] with labels and the train-set channel statistics."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def cache_dir() -> Path:
+    """Where decoded arrays and unpacked archives live (override with LIMEROBUST_CACHE)."""
+    return Path(os.environ.get("LIMEROBUST_CACHE", Path.home() / ".cache" / "limerobust"))
+
+
+def _splits(name, train_x, train_y, test_x, test_y, classes) -> Splits:
+    """Build Splits from uint8 NHWC (or float NCHW) arrays, computing train-set statistics."""
+    if train_x.dtype == np.uint8:
+        train_x = train_x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        test_x = test_x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    mean = tuple(float(m) for m in train_x.mean(axis=(0, 2, 3)))
+    std = tuple(float(s) for s in train_x.std(axis=(0, 2, 3)))
+    return Splits(
+        name=name,
+        train_x=torch.from_numpy(np.ascontiguousarray(train_x)),
+        train_y=torch.from_numpy(np.asarray(train_y, dtype=np.int64)),
+        test_x=torch.from_numpy(np.ascontiguousarray(test_x)),
+        test_y=torch.from_numpy(np.asarray(test_y, dtype=np.int64)),
+        classes=tuple(classes),
+        mean=mean,
+        std=std,
+    )
+
+
+def load_digits_splits(test_fraction: float = 0.25, seed: int = 0) -> Splits:
+    """scikit-learn's 1,797 real 8x8 digits, scaled to [0, 1], with a fixed stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, digits.target, test_size=test_fraction, stratify=digits.target, random_state=seed
+    )
+    return _splits("digits", x_tr, y_tr, x_te, y_te, [str(d) for d in range(10)])
+
+
+# --- CIFAR: torchvision's pickled batches, or an ImageFolder layout of image files ------------
+
+
+def _torchvision_cifar(name: str, root: Path, download: bool):
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    train = cls(str(root), train=True, download=download)
+    test = cls(str(root), train=False, download=download)
+    return train.data, train.targets, test.data, test.targets, train.classes
+
+
+def _array_digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _decode_image_folder(split_dir: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in sorted((split_dir / cls).iterdir()):
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _image_folder_split(root: Path, split: str, classes: list[str]) -> tuple[np.ndarray, ...]:
+    """Decode root/split/<class>/* once; later calls read a checksummed .npz cache.
+
+    Decoding 60,000 JPEGs takes about 25 s on one core, reading the cache well under a second.
+    """
+    files = sorted(p for p in (root / split).rglob("*") if p.is_file())
+    key = hashlib.sha256(
+        "\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files).encode()
+    ).hexdigest()[:16]
+    cache = cache_dir() / "decoded" / f"{root.name}-{split}-{key}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache) as z:
+                x, y, digest = z["x"], z["y"], str(z["sha256"])
+        except Exception as e:  # truncated or not an npz at all
+            raise DataError(f"decoded cache {cache} is unreadable ({e}); delete it") from e
+        if _array_digest(x, y) != digest:
+            raise DataError(f"decoded cache {cache} fails its checksum; delete it")
+        return x, y
+    x, y = _decode_image_folder(root / split, classes)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, x=x, y=y, sha256=_array_digest(x, y))
+    tmp.replace(cache)  # atomic: a killed run never leaves a half-written cache
+    return x, y
+
+
+def _unpack(archive: Path) -> Path:
+    """Unpack a .tar.gz ImageFolder archive into the cache (once) and return its root."""
+    target = cache_dir() / "unpacked" / archive.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    done = target / ".complete"
+    if not done.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(f"cannot unpack {archive}: {e}") from e
+        done.touch()
+    # Archives may hold train/ and test/ at the top or inside one folder.
+    candidates = [target] + [p for p in target.iterdir() if p.is_dir()]
+    for c in candidates:
+        if (c / "train").is_dir() and (c / "test").is_dir():
+            return c
+    raise DataError(f"{archive} holds no train/ and test/ folders")
+
+
+def load_cifar_splits(name: str, data_dir: str | Path | None, download: bool = False) -> Splits:
+    """CIFAR-10/100 from `data_dir`: torchvision batches, an ImageFolder tree, or its .tar.gz.
+
+    With no data_dir, torchvision's copy under the cache (downloaded when `download`).
+    """
+    root = Path(data_dir) if data_dir is not None else cache_dir() / "torchvision"
+    if data_dir is not None and not root.exists():
+        raise DataError(f"data directory {root} does not exist")
+    if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
+        root = _unpack(root)
+    elif (root / "cifar10-jpeg.tar.gz").is_file() and name == "cifar10":
+        root = _unpack(root / "cifar10-jpeg.tar.gz")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        expected = 10 if name == "cifar10" else 100
+        if len(classes) != expected:
+            raise DataError(f"{root}/train has {len(classes)} class folders, {name} has {expected}")
+        x_tr, y_tr = _image_folder_split(root, "train", classes)
+        x_te, y_te = _image_folder_split(root, "test", classes)
+        return _splits(name, x_tr, y_tr, x_te, y_te, classes)
+    try:
+        return _splits(name, *_torchvision_cifar(name, root, download))
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        raise DataError(f"no {name} data in {root}: {e}") from e
+
+
+def load_splits(
+    name: str, data_dir: str | Path | None = None, download: bool = False, seed: int = 0
+) -> Splits:
+    """Load a dataset by name; the single entry point the rest of the project uses."""
+    if name == "digits":
+        return load_digits_splits(seed=seed)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar_splits(name, data_dir, download=download)
+    raise DataError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+
+def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int) -> tuple[torch.Tensor, ...]:
+    """A fixed random subset of n examples (all of them when n is None or too large)."""
+    if n is None or n >= len(x):
+        return x, y
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx], y[idx]
