@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 DATASETS = ("digits", "cifar10", "cifar100")
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 class DataError(ValueError):
