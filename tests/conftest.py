@@ -1,0 +1,37 @@
+"""Shared fixtures: a small local Ray instance and the repository's shared data folder."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CIFAR10_TARBALL = SHARED_DATA / "cifar10-jpeg.tar.gz"
+
+# Tests only: no token auth and no usage reporting for the throwaway local clusters they start.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray instance shared by the whole session (starting one costs ~5 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=200 * 1024**2,
+            runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cifar10_tarball() -> Path:
+    if not CIFAR10_TARBALL.exists():
+        pytest.skip(f"shared CIFAR-10 copy not found at {CIFAR10_TARBALL}")
+    return CIFAR10_TARBALL
