@@ -57,8 +57,8 @@ def _splits(name, train_x, train_y, test_x, test_y, classes) -> Splits:
     if train_x.dtype == np.uint8:
         train_x = train_x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         test_x = test_x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-    mean = tuple(float(m) for m in train_x.mean(axis=(0, 2, 3)))
-    std = tuple(float(s) for s in train_x.std(axis=(0, 2, 3)))
+    mean = tuple(float(m) for m in train_x.mean(axis=(0, 2, 3), dtype=np.float64))
+    std = tuple(float(s) for s in train_x.std(axis=(0, 2, 3), dtype=np.float64))
     return Splits(
         name=name,
         train_x=torch.from_numpy(np.ascontiguousarray(train_x)),

@@ -1,0 +1,262 @@
+"""Study configuration: plain data, presets, YAML loading and validation.
+
+Everything is checked here, before Ray starts and before any study directory exists, so bad
+input costs one clear line and nothing else. A trial's configuration is a flat dict (the Ray
+Tune param_space); searched parameters are given as distributions over those same keys.
+"""
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.config import (
+    TRIAL_FIELDS,
+    ConfigError,
+    TrialConfig,
+    make_trial_config,
+    validate_trial_value,
+)
+
+SEARCHERS = ("optuna", "random")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched parameter: a distribution over a TrialConfig field."""
+
+    type: str
+    low: float | None = None
+    high: float | None = None
+    values: tuple | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: which trials to run, what to search, and where results go."""
+
+    name: str
+    storage: str
+    preset: str = "digits"
+    num_samples: int = 8
+    max_concurrent_trials: int | None = None
+    searcher: str = "optuna"
+    seed: int = 0
+    objectives: dict[str, str] = field(
+        default_factory=lambda: {"clean_acc": "max", "robust_acc": "max"}
+    )
+    search: dict[str, ParamSpec] = field(default_factory=dict)
+    trial: TrialConfig = field(default_factory=TrialConfig)
+
+    @property
+    def study_dir(self) -> str:
+        return (
+            os.path.join(self.storage, self.name)
+            if "://" not in self.storage
+            else (self.storage.rstrip("/") + "/" + self.name)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for study.json (read back by the analysis package)."""
+        d = dataclasses.asdict(self)
+        d["search"] = {k: v.to_dict() for k, v in self.search.items()}
+        return d
+
+
+DEFAULT_SEARCH = {
+    "mask_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},
+    "reg_weight": {"type": "loguniform", "low": 1e-3, "high": 10.0},
+}
+
+# Presets are plain data: the base a YAML file or the command line overrides.
+PRESETS: dict[str, dict[str, Any]] = {
+    # scikit-learn digits, 8x8 grayscale; eps 0.1 of [0, 1] is 1.6 of the 16 grey levels.
+    "digits": {
+        "num_samples": 8,
+        "trial": {
+            "dataset": "digits",
+            "model": "small_cnn",
+            "rounds": 2,
+            "epochs_per_round": 3,
+            "batch_size": 64,
+            "lr": 0.05,
+            "pool_size": 48,
+            "lime_samples": 200,
+            "segmentation": "grid",
+            "epsilon": 0.1,
+            "attack_steps": 3,
+            "eval_epsilon": 0.1,
+            "eval_steps": 10,
+        },
+        "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 0.2}},
+    },
+    # CIFAR-10 with the airbench-style CNN; eps in the usual 0..8/255 range.
+    "cifar10": {
+        "num_samples": 16,
+        "trial": {
+            "dataset": "cifar10",
+            "model": "fast_cnn",
+            "rounds": 4,
+            "epochs_per_round": 5,
+            "batch_size": 256,
+            "lr": 0.05,
+            "pool_size": 1024,
+            "lime_samples": 1000,
+            "lime_backend": "torch",
+            "segmentation": "slic",
+            "epsilon": 2 / 255,
+            "attack_steps": 5,
+            "eval_epsilon": 2 / 255,
+            "eval_steps": 20,
+            "eval_subset": 2000,
+        },
+        "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 8 / 255}},
+    },
+}
+
+STUDY_KEYS = {
+    "name", "storage", "preset", "num_samples", "max_concurrent_trials", "searcher",
+    "seed", "objectives", "search", "trial",
+}  # fmt: skip
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _check_int(where: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"{where}: must be {bound}, got {value!r}")
+    return value
+
+
+def _param_spec(name: str, spec: Any) -> ParamSpec:
+    where = f"search.{name}"
+    if name not in TRIAL_FIELDS:
+        raise ConfigError(f"{where}: not a trial key; known keys: {', '.join(TRIAL_FIELDS)}")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{type: uniform, low: 0, high: 1}}")
+    kind = spec.get("type")
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}.type: must be one of {DISTRIBUTIONS}, got {kind!r}")
+    expected = {"type", "values"} if kind == "choice" else {"type", "low", "high"}
+    unknown = set(spec) - expected
+    if unknown or not expected <= set(spec):
+        raise ConfigError(f"{where}: a {kind} distribution takes exactly {sorted(expected)}")
+    if kind == "choice":
+        values = spec["values"]
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.values: expected a non-empty list")
+        return ParamSpec(kind, values=tuple(validate_trial_value(name, v, where) for v in values))
+    low = validate_trial_value(name, spec["low"], f"{where}.low")
+    high = validate_trial_value(name, spec["high"], f"{where}.high")
+    if not isinstance(low, int | float) or not isinstance(high, int | float):
+        raise ConfigError(f"{where}: {kind} needs numeric low and high")
+    if kind == "int" and TRIAL_FIELDS[name].type not in (int, int | None):
+        raise ConfigError(f"{where}: int distribution on a non-integer key")
+    if low >= high:
+        raise ConfigError(f"{where}: low must be below high, got {low} >= {high}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}.low: loguniform needs low > 0, got {low}")
+    return ParamSpec(kind, low=low, high=high)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Shallow-merge two study dicts; `trial` and `search` merge one level deeper."""
+    out = dict(base)
+    for key, value in override.items():
+        if (
+            key in ("trial", "search")
+            and isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+        ):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping from a file, or a ConfigError saying why not."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read ({e.strerror or e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}: malformed YAML{at}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return data
+
+
+def build_study_config(values: dict[str, Any]) -> StudyConfig:
+    """Validate a study dict (preset, then file, then command-line values merged in)."""
+    unknown = set(values) - STUDY_KEYS
+    if unknown:
+        known = ", ".join(sorted(STUDY_KEYS))
+        raise ConfigError(f"unknown config key {sorted(unknown)[0]!r}; known keys: {known}")
+    preset = values.get("preset", "digits")
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: must be one of {tuple(PRESETS)}, got {preset!r}")
+    values = _merge(PRESETS[preset], values)
+
+    name = values.get("name") or f"{preset}-study"
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"name: letters, digits, '.', '_' and '-' only, got {name!r}")
+    storage = values.get("storage") or "./results"
+    if not isinstance(storage, str):
+        raise ConfigError(f"storage: expected a path or URI, got {storage!r}")
+    if "://" not in storage:
+        storage = os.path.abspath(os.path.expanduser(storage))
+    searcher = values.get("searcher", "optuna")
+    if searcher not in SEARCHERS:
+        raise ConfigError(f"searcher: must be one of {SEARCHERS}, got {searcher!r}")
+    objectives = values.get("objectives", {"clean_acc": "max", "robust_acc": "max"})
+    if not isinstance(objectives, dict) or not objectives:
+        raise ConfigError("objectives: expected a mapping of metric name to max/min")
+    for metric, mode in objectives.items():
+        if mode not in ("max", "min"):
+            raise ConfigError(f"objectives.{metric}: must be max or min, got {mode!r}")
+    trial = values.get("trial") or {}
+    if isinstance(trial, dict) and isinstance(trial.get("data_dir"), str):
+        data_dir = trial["data_dir"]  # workers run elsewhere: make a local path absolute
+        if "://" not in data_dir:
+            trial = {**trial, "data_dir": os.path.abspath(os.path.expanduser(data_dir))}
+    search = values.get("search") or {}
+    if not isinstance(search, dict):
+        raise ConfigError("search: expected a mapping of trial key to distribution")
+    max_conc = values.get("max_concurrent_trials")
+    return StudyConfig(
+        name=name,
+        storage=storage,
+        preset=preset,
+        num_samples=_check_int("num_samples", values.get("num_samples", 8), 1, 100_000),
+        max_concurrent_trials=None
+        if max_conc is None
+        else _check_int("max_concurrent_trials", max_conc, 1, 10_000),
+        searcher=searcher,
+        seed=_check_int("seed", values.get("seed", 0), 0, 2**32 - 1),
+        objectives=dict(objectives),
+        search={k: _param_spec(k, v) for k, v in search.items() if v is not None},
+        trial=make_trial_config(trial),
+    )
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict[str, Any]) -> StudyConfig:
+    """Preset <- YAML file <- command-line overrides, validated as a whole."""
+    values = read_yaml(path) if path is not None else {}
+    return build_study_config(_merge(values, overrides))

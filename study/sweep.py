@@ -1,0 +1,274 @@
+"""Run a multi-objective study: `python -m study.sweep --help`.
+
+Validates everything first (bad input exits with one line, before Ray starts and before any
+study directory exists), joins or starts Ray, runs Ray Tune with Optuna's multi-objective
+search over trials that are Ray Train runs of the refinement loop, then writes trials.csv,
+pareto.csv and pareto.png into the study directory and prints the Pareto-optimal trials.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from study.config import ConfigError, StudyConfig, build_study_config, load_config
+from trainables.data import DataError
+
+STUDY_FILE = "study.json"
+TRAIN_RUNS_DIR = "train_runs"
+RESULT_FILES = ("trials.csv", "pareto.csv", "pareto.png")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m study.sweep",
+        description="LIME-guided robust refinement: a multi-objective Ray Tune + Optuna study.",
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="study YAML (keys: see README)")
+    p.add_argument(
+        "--preset", choices=["digits", "cifar10"], help="base settings (default: digits)"
+    )
+    p.add_argument("--dataset", help="override the dataset: digits (embedded), cifar10 or cifar100")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="CIFAR data: torchvision's folder, an ImageFolder tree with train/ and test/, "
+        "or its .tar.gz (default: download with torchvision into the cache)",
+    )
+    p.add_argument("--num-samples", type=int, metavar="N", help="number of trials")
+    p.add_argument(
+        "--storage",
+        metavar="PATH",
+        help="where study directories go: a local path or s3://... (default: ./results)",
+    )
+    p.add_argument("--name", help="study name, the folder under --storage (default: PRESET-study)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the study --name after an interruption"
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to join (default: RAY_ADDRESS or a local `ray start`, else a new "
+        "local instance)",
+    )
+    p.add_argument(
+        "--searcher", choices=["optuna", "random"], help="Optuna's sampler (default: optuna)"
+    )
+    p.add_argument(
+        "--max-concurrent-trials",
+        type=int,
+        metavar="N",
+        help="default: as many as the cluster's CPUs and GPUs fit",
+    )
+    p.add_argument("--seed", type=int, help="seed of the search and of every trial")
+    return p.parse_args(argv)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line values in the shape of the YAML file (None = not given)."""
+    out: dict[str, Any] = {}
+    for key in ("preset", "name", "storage", "searcher", "seed"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    if args.num_samples is not None:
+        out["num_samples"] = args.num_samples
+    if args.max_concurrent_trials is not None:
+        out["max_concurrent_trials"] = args.max_concurrent_trials
+    trial: dict[str, Any] = {}
+    if args.dataset is not None:
+        trial["dataset"] = args.dataset
+    if args.data_dir is not None:
+        trial["data_dir"] = args.data_dir
+    if args.seed is not None:
+        trial["seed"] = args.seed
+    if trial:
+        out["trial"] = trial
+    return out
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def check_paths(cfg: StudyConfig, resume: bool) -> None:
+    """Fail early on a missing data directory, or a study that exists (or not) unexpectedly."""
+    data_dir = cfg.trial.data_dir
+    if data_dir is not None and not _is_remote(data_dir) and not os.path.exists(data_dir):
+        raise ConfigError(f"--data-dir: {data_dir} does not exist")
+    if _is_remote(cfg.study_dir):
+        return  # checked by pyarrow when Tune opens it
+    exists = os.path.exists(os.path.join(cfg.study_dir, STUDY_FILE))
+    if resume and not exists:
+        raise ConfigError(f"--resume: no study named {cfg.name!r} under {cfg.storage}")
+    if not resume and os.path.exists(cfg.study_dir):
+        raise ConfigError(
+            f"--name: study {cfg.name!r} already exists in {cfg.storage}; "
+            "pass --resume to continue it or choose another --name"
+        )
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the given cluster, else RAY_ADDRESS or a local `ray start`, else start one here."""
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"])
+        return
+    try:
+        ray.init(address="auto")
+    except ConnectionError:
+        # A local instance listens on localhost only; the dashboard is not started.
+        ray.init(include_dashboard=False)
+
+
+def search_space(cfg: StudyConfig) -> dict[str, Any]:
+    """The Tune param_space: the fixed trial config plus a Tune distribution per searched key."""
+    from ray import tune
+
+    space: dict[str, Any] = dict(vars(cfg.trial))
+    for key, spec in cfg.search.items():
+        if spec.type == "uniform":
+            space[key] = tune.uniform(spec.low, spec.high)
+        elif spec.type == "loguniform":
+            space[key] = tune.loguniform(spec.low, spec.high)
+        elif spec.type == "int":
+            space[key] = tune.randint(int(spec.low), int(spec.high) + 1)
+        else:
+            space[key] = tune.choice(list(spec.values))
+    return space
+
+
+def make_searcher(cfg: StudyConfig):
+    """Optuna through Ray Tune, multi-objective: metric and mode are lists, set only here
+    (setting them on TuneConfig too would silently make the study single-objective)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    if cfg.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
+    return OptunaSearch(
+        metric=list(cfg.objectives), mode=list(cfg.objectives.values()), sampler=sampler
+    )
+
+
+def trial_resources(cfg: StudyConfig) -> dict[str, float]:
+    """What one trial holds: its Train workers and each worker's LIME actors."""
+    t = cfg.trial
+    lime = t.lime_actors * t.cpus_per_lime_actor if t.method == "lime_refine" else 0.0
+    return {
+        "CPU": t.num_workers * (t.cpus_per_worker + lime),
+        "GPU": t.num_workers * t.gpus_per_worker,
+    }
+
+
+def default_concurrency(cfg: StudyConfig) -> int:
+    """As many trials at once as the cluster's CPUs and GPUs fit (at least one)."""
+    import ray
+
+    total = ray.cluster_resources()
+    need = trial_resources(cfg)
+    fits = [math.floor(total.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0]
+    return max(1, min(fits, default=1))
+
+
+def make_tuner(cfg: StudyConfig, resume: bool):
+    from ray import tune
+
+    from trainables.trial import run_trial
+
+    trainable = tune.with_parameters(
+        run_trial, train_storage=f"{cfg.study_dir.rstrip('/')}/{TRAIN_RUNS_DIR}"
+    )
+    # The trial function only waits on its Train run, whose workers and actors hold the
+    # resources; it reserves none itself, so the study cannot deadlock on its own drivers.
+    trainable = tune.with_resources(trainable, {"cpu": 0})
+    if resume:
+        return tune.Tuner.restore(
+            cfg.study_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(cfg),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(cfg),
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent_trials or default_concurrency(cfg),
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def write_study_file(cfg: StudyConfig) -> None:
+    """study.json: the resolved settings, for the analysis package and for --resume."""
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(cfg.study_dir)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{STUDY_FILE}") as f:
+        f.write(json.dumps(cfg.to_dict(), indent=2).encode())
+
+
+def summarize(cfg: StudyConfig, out_dir: Path) -> None:
+    """Write the trial table, the Pareto table and plot; print the Pareto-optimal trials."""
+    from analysis.pareto import pareto_front
+    from analysis.plots import plot_pareto
+    from analysis.results import load_trials
+
+    trials = load_trials(cfg.study_dir)
+    front = pareto_front(trials, cfg.objectives)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials.to_csv(out_dir / "trials.csv", index=False)
+    front.to_csv(out_dir / "pareto.csv", index=False)
+    plot_pareto(trials, cfg.objectives, out_dir / "pareto.png", title=f"Study {cfg.name}")
+    shown = ["trial_id", *cfg.objectives, *[f"config/{k}" for k in cfg.search]]
+    print(f"\nPareto-optimal trials ({len(front)} of {len(trials)}):")
+    print(front[[c for c in shown if c in front.columns]].to_string(index=False))
+    print(f"\nResults: {out_dir}")
+
+
+def run_study(cfg: StudyConfig, *, resume: bool = False, address: str | None = None) -> str:
+    """Run (or resume) a validated study; returns the study directory."""
+    check_paths(cfg, resume)
+    connect_ray(address)
+    tuner = make_tuner(cfg, resume)
+    if not resume:
+        write_study_file(cfg)
+    tuner.fit()
+    local = Path(cfg.study_dir) if not _is_remote(cfg.study_dir) else Path("results") / cfg.name
+    summarize(cfg, local)
+    return cfg.study_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, overrides_from_args(args))
+        if args.resume:
+            cfg = _resumed_config(cfg)
+        check_paths(cfg, args.resume)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_study(cfg, resume=args.resume, address=args.address)
+    return 0
+
+
+def _resumed_config(cfg: StudyConfig) -> StudyConfig:
+    """On --resume the study's own study.json wins: a study keeps the settings it began with."""
+    path = os.path.join(cfg.study_dir, STUDY_FILE)
+    if _is_remote(path) or not os.path.exists(path):
+        return cfg
+    return build_study_config(json.loads(Path(path).read_text()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Configuration validation and the command line's answer to bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from study import sweep
+from study.config import ConfigError, load_config
+from tests.conftest import REPO
+
+
+def test_default_config_is_the_digits_preset():
+    cfg = load_config(None, {})
+    assert cfg.preset == "digits" and cfg.trial.dataset == "digits"
+    assert cfg.num_samples >= 8
+    assert set(cfg.search) == {"mask_ratio", "reg_weight", "epsilon"}
+    assert cfg.objectives == {"clean_acc": "max", "robust_acc": "max"}
+
+
+def test_yaml_then_command_line_override(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("num_samples: 3\ntrial:\n  rounds: 4\nsearch:\n  epsilon: null\n")
+    cfg = load_config(f, {"num_samples": 5, "trial": {"lr": 0.1}})
+    assert cfg.num_samples == 5 and cfg.trial.rounds == 4 and cfg.trial.lr == 0.1
+    assert "epsilon" not in cfg.search and "mask_ratio" in cfg.search  # preset search kept
+
+
+def test_ints_are_accepted_where_floats_are_expected():
+    assert load_config(None, {"trial": {"lr": 1}}).trial.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"preset": "imagenet"}, "preset"),
+        ({"trial": {"dataset": "mnist"}}, "trial.dataset"),
+        ({"trial": {"mask_ratio": 1.5}}, "trial.mask_ratio"),
+        ({"trial": {"rounds": "three"}}, "trial.rounds"),
+        ({"trial": {"rounds": 2.5}}, "trial.rounds"),
+        ({"trial": {"use_gpu": True}}, "trial.use_gpu"),
+        ({"trial": {"lr": True}}, "trial.lr"),
+        ({"trial": {"lr": float("nan")}}, "trial.lr"),
+        ({"bogus": 1}, "bogus"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"searcher": "grid"}, "searcher"),
+        ({"objectives": {"clean_acc": "up"}}, "objectives.clean_acc"),
+        ({"search": {"mask_ratio": {"type": "uniform", "low": 0.6, "high": 0.2}}}, "low"),
+        ({"search": {"reg_weight": {"type": "loguniform", "low": 0.0, "high": 1}}}, "loguniform"),
+        ({"search": {"mask_ratio": {"type": "uniform", "low": 0, "high": 2}}}, "mask_ratio.high"),
+        ({"search": {"nope": {"type": "uniform", "low": 0, "high": 1}}}, "search.nope"),
+        ({"search": {"mask_ratio": {"type": "normal", "low": 0, "high": 1}}}, "type"),
+        ({"name": "../escape"}, "name"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def _run_main(tmp_path, capsys, *argv):
+    code = sweep.main([*argv, "--storage", str(tmp_path / "store")])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--preset", "digits", "--dataset", "svhn"], "trial.dataset"),
+        (["--num-samples", "-1"], "num_samples"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "does not exist"),
+        (["--resume", "--name", "never-ran"], "--resume"),
+    ],
+)
+def test_cli_bad_input_exits_before_anything_starts(tmp_path, capsys, argv, fragment):
+    import ray
+
+    code, err = _run_main(tmp_path, capsys, *argv)
+    assert code == 2
+    assert err.startswith("error: ") and fragment in err and "\n" not in err
+    assert not (tmp_path / "store").exists()
+    assert not ray.is_initialized()
+
+
+def test_malformed_and_unknown_keys_in_yaml(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trial: {rounds: 2\n")
+    code, err = _run_main(tmp_path, capsys, "--config", str(bad))
+    assert code == 2 and "malformed YAML" in err
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("trial:\n  roundz: 2\n")
+    code, err = _run_main(tmp_path, capsys, "--config", str(unknown))
+    assert code == 2 and "trial.roundz" in err
+    code, err = _run_main(tmp_path, capsys, "--config", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "cannot read" in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_existing_study_is_not_overwritten(tmp_path, capsys):
+    (tmp_path / "store" / "digits-study").mkdir(parents=True)
+    code, err = _run_main(tmp_path, capsys)
+    assert code == 2 and "already exists" in err
+
+
+def test_cli_help_and_exit_code_from_a_real_process():
+    out = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    for flag in ["--config", "--preset", "--dataset", "--data-dir", "--num-samples", "--storage",
+                 "--name", "--resume", "--address"]:  # fmt: skip
+        assert flag in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "--preset", "mnist"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--preset" in bad.stderr

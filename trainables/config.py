@@ -1,0 +1,156 @@
+"""The configuration of one trial: a flat dict of plain values, typed and range-checked.
+
+It is the Ray Tune param_space of a study and the train_loop_config of its Ray Train workers;
+`study.config` validates it before anything starts, and the worker validates it again on entry.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from trainables.data import DATASETS
+from trainables.models import ARCHITECTURES
+
+METHODS = ("lime_refine", "erm", "pgd_at", "ig_norm", "ig_sum_norm", "trades")
+MASK_STRATEGIES = ("least_important", "most_important")
+MASK_FILLS = ("mean", "zero", "blur")
+REG_WEIGHTINGS = ("uniform", "lime")
+TRAIN_ATTACKS = ("pgd", "fgsm", "none")
+SEGMENTATIONS = ("auto", "grid", "quickshift", "slic")
+LIME_BACKENDS = ("lime", "torch")
+
+
+class ConfigError(ValueError):
+    """A configuration value that is missing, mistyped, out of range or unknown."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs; every field can be fixed in YAML or searched."""
+
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    train_subset: int | None = None  # None = the whole training set
+    eval_subset: int | None = None  # test images used for the per-round evaluation
+    # model and method
+    model: str = "small_cnn"
+    method: str = "lime_refine"
+    # optimization
+    rounds: int = 2
+    epochs_per_round: int = 2
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    # LIME explanation of the pool
+    pool_size: int = 64
+    lime_samples: int = 300
+    lime_backend: str = "lime"
+    segmentation: str = "auto"
+    lime_actors: int = 1
+    cpus_per_lime_actor: float = 1.0
+    # feature masking
+    mask_ratio: float = 0.25
+    mask_strategy: str = "least_important"
+    mask_fill: str = "mean"
+    # sensitivity regularization (input-gradient penalty)
+    reg_weight: float = 0.1
+    reg_weighting: str = "lime"
+    # adversarial training (epsilon in [0, 1] pixel units, L-inf)
+    train_attack: str = "pgd"
+    epsilon: float = 0.1
+    attack_steps: int = 5
+    # baselines: IG-NORM / IG-SUM-NORM / TRADES strength and IG path steps
+    baseline_weight: float = 1.0
+    ig_steps: int = 10
+    # evaluation: one fixed epsilon for every trial so trials are comparable
+    eval_epsilon: float = 0.1
+    eval_steps: int = 10
+    # resources
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    seed: int = 0
+
+
+# (check, message) per field; types are checked separately from the annotations.
+_RANGES: dict[str, tuple[Any, str]] = {
+    "dataset": (lambda v: v in DATASETS, f"must be one of {DATASETS}"),
+    "model": (lambda v: v in ARCHITECTURES, f"must be one of {tuple(ARCHITECTURES)}"),
+    "method": (lambda v: v in METHODS, f"must be one of {METHODS}"),
+    "train_subset": (lambda v: v is None or v >= 10, "must be at least 10"),
+    "eval_subset": (lambda v: v is None or v >= 1, "must be at least 1"),
+    "rounds": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
+    "epochs_per_round": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
+    "batch_size": (lambda v: 1 <= v <= 65536, "must be in [1, 65536]"),
+    "lr": (lambda v: 0 < v <= 10, "must be in (0, 10]"),
+    "weight_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "pool_size": (lambda v: 0 <= v <= 1_000_000, "must be in [0, 1000000]"),
+    "lime_samples": (lambda v: 10 <= v <= 100_000, "must be in [10, 100000]"),
+    "lime_backend": (lambda v: v in LIME_BACKENDS, f"must be one of {LIME_BACKENDS}"),
+    "segmentation": (lambda v: v in SEGMENTATIONS, f"must be one of {SEGMENTATIONS}"),
+    "lime_actors": (lambda v: 1 <= v <= 1024, "must be in [1, 1024]"),
+    "cpus_per_lime_actor": (lambda v: 0 < v <= 256, "must be in (0, 256]"),
+    "mask_ratio": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "mask_strategy": (lambda v: v in MASK_STRATEGIES, f"must be one of {MASK_STRATEGIES}"),
+    "mask_fill": (lambda v: v in MASK_FILLS, f"must be one of {MASK_FILLS}"),
+    "reg_weight": (lambda v: 0 <= v <= 1e4, "must be in [0, 10000]"),
+    "reg_weighting": (lambda v: v in REG_WEIGHTINGS, f"must be one of {REG_WEIGHTINGS}"),
+    "train_attack": (lambda v: v in TRAIN_ATTACKS, f"must be one of {TRAIN_ATTACKS}"),
+    "epsilon": (lambda v: 0 <= v <= 1, "must be in [0, 1] (pixel units)"),
+    "attack_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
+    "baseline_weight": (lambda v: 0 <= v <= 1e4, "must be in [0, 10000]"),
+    "ig_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
+    "eval_epsilon": (lambda v: 0 <= v <= 1, "must be in [0, 1] (pixel units)"),
+    "eval_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
+    "num_workers": (lambda v: 1 <= v <= 1024, "must be in [1, 1024]"),
+    "cpus_per_worker": (lambda v: 0 < v <= 256, "must be in (0, 256]"),
+    "gpus_per_worker": (lambda v: 0 <= v <= 16, "must be in [0, 16]"),
+    "seed": (lambda v: 0 <= v < 2**32, "must be in [0, 2**32)"),
+}
+
+TRIAL_FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+
+
+def _check_type(where: str, value: Any, annotation: Any) -> Any:
+    """Accept value if it has the annotated type (ints count as floats; bools never as numbers)."""
+    allowed = getattr(annotation, "__args__", (annotation,))
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{where}: must not be empty")
+    if isinstance(value, bool) and bool not in allowed:
+        raise ConfigError(f"{where}: expected {_type_name(allowed)}, got {value!r}")
+    if float in allowed and isinstance(value, int | float):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+        return value
+    if not isinstance(value, tuple(t for t in allowed if t is not type(None))):
+        raise ConfigError(f"{where}: expected {_type_name(allowed)}, got {value!r}")
+    return value
+
+
+def _type_name(types: tuple) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def validate_trial_value(name: str, value: Any, where: str | None = None) -> Any:
+    """Type- and range-check one trial field; returns the value (ints widened to float)."""
+    where = where or f"trial.{name}"
+    if name not in TRIAL_FIELDS:
+        raise ConfigError(f"{where}: unknown key; known keys: {', '.join(TRIAL_FIELDS)}")
+    value = _check_type(where, value, TRIAL_FIELDS[name].type)
+    check = _RANGES.get(name)
+    if check and value is not None and not check[0](value):
+        raise ConfigError(f"{where}: {check[1]}, got {value!r}")
+    return value
+
+
+def make_trial_config(values: dict[str, Any]) -> TrialConfig:
+    """A validated TrialConfig from a (partial) flat dict."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"trial: expected a mapping, got {values!r}")
+    checked = {k: validate_trial_value(k, v) for k, v in values.items()}
+    return TrialConfig(**checked)

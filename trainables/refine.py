@@ -1,0 +1,423 @@
+"""The LIME-guided refinement loop, and the baselines trained by the same loop.
+
+One round: explain a pool of training images with LIME, hide the superpixels the explanations
+rank lowest (`mask_ratio`), then train `epochs_per_round` epochs on the clean and masked images
+with PGD adversarial training at `epsilon` and an input-gradient penalty (`reg_weight`) that is
+weighted toward the superpixels LIME marks irrelevant; evaluate; report and checkpoint.
+
+`refine` is plain PyTorch (callable directly, as the tests and the overhead benchmark do);
+`train_loop_per_worker` runs it inside a Ray Train worker with the explanation pool on Ray actors.
+"""
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from torch import nn
+
+from trainables import objectives
+from trainables.attacks import FGSM, PGD
+from trainables.config import TrialConfig, make_trial_config
+from trainables.data import Splits, load_splits, subset
+from trainables.evaluate import accuracy, robust_accuracy
+from trainables.explain import ExplainerPool, Explanation, explain_images
+from trainables.models import build_model
+from trainables.segmentation import segment_batch
+
+# explain(model, images, labels, segments) -> one Explanation per image, in order
+Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], list[Explanation]]
+# report(metrics, state): state is the checkpoint to keep (None: no checkpoint this time)
+Reporter = Callable[[dict[str, Any], dict[str, Any] | None], None]
+
+CHECKPOINT_FILE = "state.pt"
+
+
+# --- explanations -> masks and weight maps --------------------------------------------------
+
+
+def _hidden_superpixels(weights: np.ndarray, ratio: float, strategy: str) -> np.ndarray:
+    """Superpixel ids to hide: the `ratio` fraction ranked lowest (or highest) by LIME weight."""
+    count = int(round(ratio * len(weights)))
+    order = np.argsort(weights, kind="stable")  # least important (most negative) first
+    if strategy == "most_important":
+        order = order[::-1]
+    return order[:count]
+
+
+def mask_superpixels(
+    images: torch.Tensor,
+    explanations: Sequence[Explanation],
+    ratio: float,
+    strategy: str = "least_important",
+    fill: str = "mean",
+) -> torch.Tensor:
+    """Images with the chosen superpixels replaced by their mean colour, zeros or a blur."""
+    masked = images.clone()
+    blurred = TF.gaussian_blur(images, kernel_size=5, sigma=1.5) if fill == "blur" else None
+    for i, expl in enumerate(explanations):
+        segments = torch.as_tensor(expl.segments, dtype=torch.long)
+        hide = torch.as_tensor(_hidden_superpixels(expl.weights, ratio, strategy))
+        hidden = torch.isin(segments, hide)  # (H, W)
+        if not hidden.any():
+            continue
+        if fill == "zero":
+            replacement = torch.zeros_like(images[i])
+        elif fill == "blur":
+            replacement = blurred[i]
+        else:  # per-superpixel mean colour, as LIME's own hide_color=None
+            flat = segments.flatten()
+            k = int(flat.max()) + 1
+            sums = torch.zeros(images.shape[1], k).index_add_(1, flat, images[i].flatten(1))
+            counts = torch.bincount(flat, minlength=k).clamp_min(1)
+            replacement = (sums / counts)[:, flat].view_as(images[i])
+        masked[i] = torch.where(hidden, replacement, images[i])
+    return masked
+
+
+def lime_weight_maps(explanations: Sequence[Explanation], shape: torch.Size) -> torch.Tensor:
+    """Per-pixel penalty weights in [1, 2]: 2 on the superpixel LIME ranks least important,
+    1 on the most important, linear in rank between (rank, not raw weight: scale-free)."""
+    maps = torch.ones(len(explanations), 1, *shape[-2:])
+    for i, expl in enumerate(explanations):
+        k = len(expl.weights)
+        ranks = np.empty(k)
+        ranks[np.argsort(expl.weights, kind="stable")] = np.arange(k)
+        per_segment = 2.0 - ranks / max(k - 1, 1)
+        maps[i, 0] = torch.as_tensor(per_segment[expl.segments], dtype=torch.float32)
+    return maps
+
+
+# --- distributed helpers (no-ops on one worker) ---------------------------------------------
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(model: nn.Module, world: int) -> None:
+    """All-reduce gradients by hand rather than wrapping the model in DDP: DDP's reducer does
+    not support double backward, which the input-gradient penalty and IG-NORM need."""
+    if world == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _gather(items: list, world: int) -> list:
+    """Concatenate every rank's list, in rank order."""
+    if world == 1:
+        return items
+    out: list = [None] * world
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
+def _mean_over_ranks(value: float, count: int, world: int) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value * count, float(count)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t[0] / t[1]).item()
+
+
+# --- one training step per method -------------------------------------------------------------
+
+
+def _train_attack(cfg: TrialConfig, step: int):
+    seed = cfg.seed * 1_000_003 + step  # a fresh random start every step, reproducibly
+    if cfg.train_attack == "none" or cfg.epsilon == 0:
+        return None
+    if cfg.train_attack == "fgsm":
+        return FGSM(cfg.epsilon, random_start=True, seed=seed)
+    return PGD(cfg.epsilon, steps=cfg.attack_steps, seed=seed)
+
+
+def _adversarial(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Attack in eval() mode so the attack's own forward passes do not move BatchNorm stats."""
+    if attack is None:
+        return x
+    model.eval()
+    x_adv = attack(model, x, y)
+    model.train()
+    return x_adv
+
+
+def training_loss(
+    cfg: TrialConfig,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight_map: torch.Tensor,
+    step: int,
+) -> torch.Tensor:
+    """The loss of one batch for the trial's method."""
+    if cfg.method == "erm":
+        return F.cross_entropy(model(x), y)
+    if cfg.method == "pgd_at":
+        x_adv = _adversarial(model, PGD(cfg.epsilon, steps=cfg.attack_steps, seed=step), x, y)
+        return F.cross_entropy(model(x_adv), y)
+    if cfg.method == "ig_norm":
+        return objectives.ig_norm_loss(
+            model, x, y, lam=cfg.baseline_weight, steps=cfg.ig_steps, eps=cfg.epsilon,
+            attack_steps=cfg.attack_steps,
+        )  # fmt: skip
+    if cfg.method == "ig_sum_norm":
+        return objectives.ig_sum_norm_loss(
+            model, x, y, beta=cfg.baseline_weight, steps=cfg.ig_steps, eps=cfg.epsilon,
+            attack_steps=cfg.attack_steps,
+        )  # fmt: skip
+    if cfg.method == "trades":
+        return objectives.trades_loss(
+            model, x, y, beta=cfg.baseline_weight, eps=cfg.epsilon, steps=cfg.attack_steps
+        )
+    # lime_refine: adversarial cross-entropy + LIME-weighted input-gradient penalty
+    x_adv = _adversarial(model, _train_attack(cfg, step), x, y)
+    loss = F.cross_entropy(model(x_adv), y)
+    if cfg.reg_weight > 0:
+        weights = weight_map if cfg.reg_weighting == "lime" else None
+        loss = loss + cfg.reg_weight * objectives.input_gradient_penalty(model, x, y, weights)
+    return loss
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def _uses_lime(cfg: TrialConfig) -> bool:
+    wants_masks = cfg.mask_ratio > 0
+    wants_maps = cfg.reg_weight > 0 and cfg.reg_weighting == "lime"
+    return cfg.method == "lime_refine" and cfg.pool_size > 0 and (wants_masks or wants_maps)
+
+
+def _explain_pool(
+    cfg: TrialConfig,
+    model: nn.Module,
+    explain: Explainer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    round_: int,
+    rank: int,
+    world: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Explain this round's pool (each rank its share), then share masks and maps with all."""
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + round_)
+    pool = torch.randperm(len(x), generator=gen)[: cfg.pool_size]
+    mine = pool[rank::world]
+    images = x[mine]
+    segments = segment_batch(images.permute(0, 2, 3, 1).numpy(), cfg.segmentation, cfg.seed)
+    explanations = explain(model, images, y[mine], segments)
+    masked = mask_superpixels(
+        images, explanations, cfg.mask_ratio, cfg.mask_strategy, cfg.mask_fill
+    )
+    maps = lime_weight_maps(explanations, images.shape)
+    parts = _gather([(r, i, m) for r, i, m in zip(mine.tolist(), masked, maps, strict=True)], world)
+    parts.sort(key=lambda p: p[0])
+    idx = torch.tensor([p[0] for p in parts])
+    return idx, torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts]), y[idx]
+
+
+def _evaluate(cfg: TrialConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, world: int):
+    """Clean and PGD accuracy at the study's fixed eval epsilon, on this rank's share."""
+    rank, _ = _world()
+    xs, ys = x[rank::world], y[rank::world]
+    clean = accuracy(model, xs, ys)
+    attack = PGD(cfg.eval_epsilon, steps=cfg.eval_steps, seed=cfg.seed)
+    robust = robust_accuracy(model, xs, ys, attack)
+    return _mean_over_ranks(clean, len(xs), world), _mean_over_ranks(robust, len(xs), world)
+
+
+def build_trial_model(cfg: TrialConfig, splits: Splits) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    return build_model(cfg.model, **model_spec(cfg, splits))
+
+
+def model_spec(cfg: TrialConfig, splits: Splits) -> dict[str, Any]:
+    """Keyword arguments (besides the name) that rebuild the trial's model anywhere."""
+    return {
+        "in_channels": splits.in_channels,
+        "num_classes": splits.num_classes,
+        "image_size": splits.image_size,
+        "mean": splits.mean,
+        "std": splits.std,
+    }
+
+
+def refine(
+    cfg: TrialConfig,
+    *,
+    explain: Explainer | None = None,
+    report: Reporter | None = None,
+    state: dict[str, Any] | None = None,
+    splits: Splits | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Run the whole loop; returns the last round's metrics.
+
+    explain: defaults to in-process `explain_images`; report: called once per round with the
+    metrics and a checkpoint state; state: a checkpoint to resume from.
+    """
+    rank, world = _world()
+    device = torch.device(device)
+    splits = splits or load_splits(cfg.dataset, cfg.data_dir, download=True, seed=cfg.seed)
+    train_x, train_y = subset(splits.train_x, splits.train_y, cfg.train_subset, cfg.seed)
+    test_x, test_y = subset(splits.test_x, splits.test_y, cfg.eval_subset, cfg.seed)
+    if explain is None:
+
+        def explain(model, images, labels, segments):
+            return explain_images(
+                model, images, labels, segments, backend=cfg.lime_backend,
+                num_samples=cfg.lime_samples, seed=cfg.seed,
+            )  # fmt: skip
+
+    model = build_trial_model(cfg, splits).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+    )
+    first_round, step = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        first_round, step = state["round"] + 1, state["step"]
+
+    metrics: dict[str, Any] = {}
+    for round_ in range(first_round, cfg.rounds):
+        t0 = time.perf_counter()
+        xs, ys, maps = train_x, train_y, torch.ones(len(train_x), 1, *train_x.shape[-2:])
+        if _uses_lime(cfg):
+            idx, masked, pool_maps, pool_y = _explain_pool(
+                cfg, model, explain, train_x, train_y, round_, rank, world
+            )
+            maps[idx] = pool_maps
+            if cfg.mask_ratio > 0:
+                xs, ys = torch.cat([xs, masked]), torch.cat([ys, pool_y])
+                maps = torch.cat([maps, pool_maps])
+        t_lime = time.perf_counter() - t0
+
+        model.train()
+        steps_per_epoch = math.ceil(len(xs) / cfg.batch_size)
+        total_steps = cfg.rounds * cfg.epochs_per_round * steps_per_epoch
+        losses = []
+        for epoch in range(cfg.epochs_per_round):
+            gen = torch.Generator().manual_seed(cfg.seed * 104729 + round_ * 1000 + epoch)
+            order = torch.randperm(len(xs), generator=gen)
+            for b in range(steps_per_epoch):
+                batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank::world]
+                if len(batch) == 0:
+                    continue
+                x, y = xs[batch].to(device), ys[batch].to(device)
+                w = maps[batch].to(device)
+                for group in opt.param_groups:  # linear decay to zero (airbench-style)
+                    group["lr"] = cfg.lr * max(0.0, 1 - step / total_steps)
+                loss = training_loss(cfg, model, x, y, w, step)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at round {round_}, step {step}: "
+                        "lower lr, reg_weight or baseline_weight"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                _average_gradients(model, world)
+                opt.step()
+                losses.append(loss.item())
+                step += 1
+        t_train = time.perf_counter() - t0 - t_lime
+
+        clean, robust = _evaluate(cfg, model, test_x, test_y, world)
+        metrics = {
+            "round": round_ + 1,
+            "clean_acc": clean,
+            "robust_acc": robust,
+            "train_loss": _mean_over_ranks(float(np.mean(losses)), len(losses), world),
+            "lime_seconds": t_lime,
+            "train_seconds": t_train,
+            "eval_seconds": time.perf_counter() - t0 - t_lime - t_train,
+            "train_examples": len(xs),
+        }
+        if report is not None:
+            report(
+                metrics,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "round": round_,
+                    "step": step,
+                },
+            )
+    return metrics
+
+
+# --- Ray Train ---------------------------------------------------------------------------------
+
+
+def save_state(state: dict[str, Any], directory: str) -> None:
+    torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+
+
+def load_state(directory: str) -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True: tensors and plain data, never arbitrary code."""
+    return torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=True)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker: the refinement loop with LIME on a pool of Ray actors."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = make_trial_config(config)
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    rank = ray.train.get_context().get_world_rank()
+
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_state(d)
+
+    splits = load_splits(cfg.dataset, cfg.data_dir, download=True, seed=cfg.seed)
+    pool = None
+    if _uses_lime(cfg):
+        pool = ExplainerPool(
+            {"name": cfg.model, **model_spec(cfg, splits)},
+            cfg.lime_actors,
+            backend=cfg.lime_backend,
+            num_samples=cfg.lime_samples,
+            seed=cfg.seed,
+            cpus_per_actor=cfg.cpus_per_lime_actor,
+            gpus_per_actor=cfg.gpus_per_worker / cfg.lime_actors if cfg.gpus_per_worker else 0.0,
+        )
+
+    def explain(model, images, labels, segments):
+        pool.update_weights({k: v.cpu() for k, v in model.state_dict().items()})
+        return pool.explain(images, labels, segments)
+
+    def report(metrics, state):
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                save_state(state, d)
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    try:
+        refine(cfg, explain=explain, report=report, state=state, splits=splits, device=device)
+    finally:
+        if pool is not None:
+            pool.shutdown()
