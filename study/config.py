@@ -95,6 +95,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "attack_steps": 3,
             "eval_epsilon": 0.1,
             "eval_steps": 10,
+            # The worker waits while its LIME actor works: half a CPU each, two trials at once.
+            "cpus_per_worker": 0.5,
+            "cpus_per_lime_actor": 0.5,
         },
         "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 0.2}},
     },

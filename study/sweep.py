@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--address",
         metavar="ADDR",
-        help="Ray cluster to join (default: RAY_ADDRESS or a local `ray start`, else a new "
-        "local instance)",
+        help="Ray cluster to join, or 'local' for a new local instance (default: RAY_ADDRESS "
+        "or a running local `ray start`, else a new local instance)",
     )
     p.add_argument(
         "--searcher", choices=["optuna", "random"], help="Optuna's sampler (default: optuna)"
@@ -114,14 +114,18 @@ def connect_ray(address: str | None) -> None:
     """Join the given cluster, else RAY_ADDRESS or a local `ray start`, else start one here."""
     import ray
 
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"])
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        ray.init(address=address)
         return
-    try:
-        ray.init(address="auto")
-    except ConnectionError:
-        # A local instance listens on localhost only; the dashboard is not started.
-        ray.init(include_dashboard=False)
+    if address is None:
+        try:
+            ray.init(address="auto")
+            return
+        except ConnectionError:
+            pass
+    # Ray Train needs the state API, which the dashboard serves: bind it to localhost only.
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1")
 
 
 def search_space(cfg: StudyConfig) -> dict[str, Any]:
@@ -150,7 +154,11 @@ def make_searcher(cfg: StudyConfig):
     if cfg.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
+        # TPE samples at random until n_startup_trials have finished (default 10): start
+        # modelling after a third of the budget, or a small study would be random search.
+        sampler = optuna.samplers.TPESampler(
+            seed=cfg.seed, multivariate=True, n_startup_trials=max(2, cfg.num_samples // 3)
+        )
     return OptunaSearch(
         metric=list(cfg.objectives), mode=list(cfg.objectives.values()), sampler=sampler
     )
@@ -184,9 +192,10 @@ def make_tuner(cfg: StudyConfig, resume: bool):
     trainable = tune.with_parameters(
         run_trial, train_storage=f"{cfg.study_dir.rstrip('/')}/{TRAIN_RUNS_DIR}"
     )
-    # The trial function only waits on its Train run, whose workers and actors hold the
-    # resources; it reserves none itself, so the study cannot deadlock on its own drivers.
-    trainable = tune.with_resources(trainable, {"cpu": 0})
+    # The trial function only waits on its Train run, whose workers and actors hold the CPUs
+    # and GPUs; it reserves no CPU (only a little memory, as Tune refuses an empty request), so
+    # trial drivers never starve their own workers.
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024**2})
     if resume:
         return tune.Tuner.restore(
             cfg.study_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -198,6 +207,7 @@ def make_tuner(cfg: StudyConfig, resume: bool):
             search_alg=make_searcher(cfg),
             num_samples=cfg.num_samples,
             max_concurrent_trials=cfg.max_concurrent_trials or default_concurrency(cfg),
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
@@ -221,10 +231,10 @@ def summarize(cfg: StudyConfig, out_dir: Path) -> None:
     """Write the trial table, the Pareto table and plot; print the Pareto-optimal trials."""
     from analysis.pareto import pareto_front
     from analysis.plots import plot_pareto
-    from analysis.results import load_trials
+    from analysis.results import completed, load_trials
 
     trials = load_trials(cfg.study_dir)
-    front = pareto_front(trials, cfg.objectives)
+    front = pareto_front(completed(trials), cfg.objectives)
     out_dir.mkdir(parents=True, exist_ok=True)
     trials.to_csv(out_dir / "trials.csv", index=False)
     front.to_csv(out_dir / "pareto.csv", index=False)

@@ -22,7 +22,7 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
-            include_dashboard=False,
+            include_dashboard=True,  # Ray Train's state queries need it (localhost only)
             object_store_memory=200 * 1024**2,
             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
         )

@@ -109,3 +109,41 @@ class PGD:
             candidate = self._one_run(model, x, y, gen)
             best = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), best, candidate)
         return best
+
+
+@dataclass
+class AutoAttack:
+    """AutoAttack (Croce & Hein, 2020) through torchattacks 3.5.1, with our interface.
+
+    torchattacks rather than pyautoattack: it is installed and ran here with torch 2.14.1, and it
+    takes the model as is; pyautoattack's API differs from the original repository's and would
+    need reading and wrapping. "standard" = APGD-CE, APGD-T, FAB-T, Square (5,000 queries), each
+    run only on the examples still classified correctly. The number of classes is read off
+    the model's output. The caller chooses the model's mode (evaluation runs in eval()).
+    """
+
+    eps: float
+    norm: str = "linf"
+    version: str = "standard"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torchattacks
+
+        if self.eps == 0:
+            return x.detach()
+        with torch.no_grad():
+            n_classes = model(x[:1]).shape[1]
+        attack = torchattacks.AutoAttack(
+            model,
+            norm="Linf" if self.norm == "linf" else "L2",
+            eps=self.eps,
+            version=self.version,
+            n_classes=n_classes,
+            seed=self.seed,
+        )
+        return attack(x, y).detach()

@@ -1,0 +1,230 @@
+"""Load a study directory (Ray Tune's files plus the sweep's study.json) into pandas, without Ray.
+
+A study directory is read through a pyarrow filesystem, so a local path, ``s3://``/``gs://``
+(pyarrow's own filesystems) and any fsspec URI (``memory://``, ...) all work the same way.
+Trial status comes from Tune's newest ``experiment_state-*.json``; metrics come from each trial's
+``result.json``, which Tune appends to as results arrive (the state file is only written
+periodically). The Tune experiments in the study directory and in its direct subfolders are all
+read, so baselines run as a separate Tune experiment inside the study are picked up too.
+"""
+
+import json
+import os
+import posixpath
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+DEFAULT_OBJECTIVES = {"clean_acc": "max", "robust_acc": "max"}
+METHOD = "lime_refine"
+METHOD_LABEL = "LIME-guided refinement"
+BASELINES = {
+    "erm": "ERM",
+    "pgd_at": "PGD-AT",
+    "ig_norm": "IG-NORM",
+    "ig_sum_norm": "IG-SUM-NORM",
+    "trades": "TRADES",
+}
+# Tune's bookkeeping in every result: not metrics, so not columns of the trial table.
+TUNE_KEYS = {
+    "config", "done", "timestamp", "date", "time_this_iter_s", "time_since_restore",
+    "iterations_since_restore", "training_iteration", "trial_id", "pid", "experiment_tag",
+    "checkpoint_dir_name", "should_checkpoint",
+}  # fmt: skip
+FIRST_COLUMNS = [
+    "trial_id",
+    "experiment",
+    "number",
+    "status",
+    "error",
+    "rounds",
+    "time_total_s",
+    "node_ip",
+]
+
+
+def open_study_fs(study_dir: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the study's path inside it, for a local path or a URI."""
+    path = os.fspath(study_dir)
+    if "://" not in path:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except pa.ArrowInvalid:  # a scheme pyarrow lacks: fsspec knows more of them
+        fs, inner = fsspec.core.url_to_fs(path)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
+
+
+def _read_text(fs: pafs.FileSystem, path: str) -> str:
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def _read_results(fs: pafs.FileSystem, trial_dir: str, files: set[str]) -> list[dict]:
+    path = posixpath.join(trial_dir, "result.json")
+    if path not in files:
+        return []
+    lines = _read_text(fs, path).splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _error_line(fs: pafs.FileSystem, trial_dir: str, files: set[str]) -> str:
+    """The last line of error.txt: the exception and its message, e.g. 'RuntimeError: boom'."""
+    path = posixpath.join(trial_dir, "error.txt")
+    if path not in files:
+        return ""
+    lines = [line.strip() for line in _read_text(fs, path).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _list_files(fs: pafs.FileSystem, root: str, depth: int) -> set[str]:
+    """Files at most `depth` levels down: a full walk would list every Train checkpoint."""
+    files, dirs = set(), [root]
+    for _ in range(depth):
+        subdirs = []
+        for d in dirs:
+            for info in fs.get_file_info(pafs.FileSelector(d)):
+                if info.type == pafs.FileType.File:
+                    files.add(info.path)
+                elif info.type == pafs.FileType.Directory:
+                    subdirs.append(info.path)
+        dirs = subdirs
+    return files
+
+
+def _scan(study_dir: str | os.PathLike) -> tuple[pafs.FileSystem, dict[str, dict], set[str]]:
+    """Every trial of every Tune experiment in the study: {trial dir: {trial_id, status, ...}}.
+
+    Experiments are the study directory and its direct subfolders holding an experiment_state
+    file (e.g. baselines run separately).
+    """
+    fs, root = open_study_fs(study_dir)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"study directory not found: {study_dir}")
+    files = _list_files(fs, root, depth=3)
+
+    newest_state: dict[str, str] = {}
+    for path in sorted(files):  # names end in a sortable timestamp: the last one wins
+        name = posixpath.basename(path)
+        if name.startswith("experiment_state-") and name.endswith(".json"):
+            newest_state[posixpath.dirname(path)] = path
+
+    trials: dict[str, dict] = {}
+    for exp_dir, state_path in newest_state.items():
+        for trial_json, _run_json in json.loads(_read_text(fs, state_path))["trial_data"]:
+            t = json.loads(trial_json)
+            number = t.get("experiment_tag", "").split("_", 1)[0]
+            trials[posixpath.join(exp_dir, t["relative_logdir"])] = {
+                "trial_id": t["trial_id"],
+                "experiment": posixpath.basename(exp_dir),
+                "number": int(number) if number.isdigit() else None,
+                "status": t["status"],
+                "config": t["config"] if isinstance(t.get("config"), dict) else {},
+            }
+    for path in files:  # trial folders that started after the state file was last written
+        trial_dir = posixpath.dirname(path)
+        in_experiment = posixpath.dirname(trial_dir) in newest_state
+        if posixpath.basename(path) == "params.json" and in_experiment and trial_dir not in trials:
+            has_error = posixpath.join(trial_dir, "error.txt") in files
+            status = "ERROR" if has_error else "RUNNING"
+            experiment = posixpath.basename(posixpath.dirname(trial_dir))
+            trials[trial_dir] = {"status": status, "experiment": experiment, "config": {}}
+    for trial_dir, trial in trials.items():
+        params = posixpath.join(trial_dir, "params.json")
+        if params in files:
+            trial["config"] = json.loads(_read_text(fs, params))
+    return fs, trials, files
+
+
+def load_trials(study_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per trial: id, status, error, config/<key>, final metrics, rounds, wall time, node.
+
+    Final metrics are the last reported result (for an errored trial: the last round it finished).
+    """
+    fs, trials, files = _scan(study_dir)
+    rows = []
+    for trial_dir, trial in trials.items():
+        results = _read_results(fs, trial_dir, files)
+        last = results[-1] if results else {}
+        row = {
+            "trial_id": trial.get("trial_id")
+            or last.get("trial_id", posixpath.basename(trial_dir)),
+            "experiment": trial["experiment"],
+            "number": trial.get("number"),
+            "status": trial["status"],
+            "error": _error_line(fs, trial_dir, files),
+            "rounds": len(results),
+            "time_total_s": last.get("time_total_s", float("nan")),
+            "node_ip": last.get("node_ip"),
+        }
+        row.update({f"config/{k}": v for k, v in trial["config"].items()})
+        row.update({k: v for k, v in last.items() if k not in TUNE_KEYS and k not in row})
+        row["trial_dir"] = trial_dir
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=None if rows else FIRST_COLUMNS).astype({"number": "Int64"})
+    for objective in objectives_of(load_study_settings(study_dir)):
+        if objective not in df:  # no trial has reported yet: still a column, of NaN
+            df[objective] = float("nan")
+    return df.sort_values(["experiment", "number", "trial_id"], ignore_index=True)
+
+
+def load_history(study_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per reported result (refinement round) of every trial, with the trial's config."""
+    fs, trials, files = _scan(study_dir)
+    rows = []
+    for trial_dir, trial in trials.items():
+        config = {f"config/{k}": v for k, v in trial["config"].items()}
+        for result in _read_results(fs, trial_dir, files):
+            row = {k: v for k, v in result.items() if k != "config"}
+            row["trial_id"] = trial.get("trial_id") or result.get("trial_id")
+            row["status"] = trial["status"]
+            rows.append({**row, **config})
+    if not rows:
+        return pd.DataFrame(columns=["trial_id", "status", "training_iteration"])
+    return pd.DataFrame(rows).sort_values(["trial_id", "training_iteration"], ignore_index=True)
+
+
+def completed(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials that ran to the end: a front of half-finished trials would mislead."""
+    return df[df["status"] == "TERMINATED"]
+
+
+def searched_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials of the method itself: every trial whose config/method is not a baseline."""
+    if "config/method" not in df:
+        return df
+    return df[~df["config/method"].isin(list(BASELINES))]
+
+
+def load_study_settings(study_dir: str | os.PathLike) -> dict:
+    """The sweep's study.json ({} for a plain Tune experiment that has none)."""
+    fs, root = open_study_fs(study_dir)
+    path = posixpath.join(root, "study.json")
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return {}
+    return json.loads(_read_text(fs, path))
+
+
+def latest_study(storage: str | os.PathLike) -> str:
+    """The most recently changed study directory (one with a study.json) under a local storage."""
+    root = os.path.abspath(os.path.expanduser(storage))
+    found = [e.path for e in os.scandir(root) if os.path.isfile(os.path.join(e.path, "study.json"))]
+    if not found:
+        raise FileNotFoundError(f"no study directory (with a study.json) under {root}")
+    return max(found, key=os.path.getmtime)
+
+
+def objectives_of(settings: dict) -> dict[str, str]:
+    """The study's objectives and directions, defaulting to clean and robust accuracy."""
+    return dict(settings.get("objectives") or DEFAULT_OBJECTIVES)
+
+
+def write_text(study_dir: str | os.PathLike, name: str, text: str | bytes) -> str:
+    """Write a file into the study directory (local or remote); returns its path there."""
+    fs, root = open_study_fs(study_dir)
+    path = posixpath.join(root, name)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+    return path

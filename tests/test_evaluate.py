@@ -1,0 +1,109 @@
+"""Robustness grid, final evaluation and gradient-masking checks on a real small CNN."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.data import load_splits
+from trainables.evaluate import (
+    final_evaluation,
+    gradient_masking_checks,
+    make_attack,
+    robust_accuracy,
+    robustness_grid,
+)
+from trainables.models import build_model
+
+torch.set_num_threads(1)
+EPS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """small_cnn trained 4 epochs on the 8x8 digits (about 97% test accuracy), and its data."""
+    torch.manual_seed(0)
+    s = load_splits("digits")
+    model = build_model(
+        "small_cnn", in_channels=1, num_classes=10, image_size=8, mean=s.mean, std=s.std
+    )
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(4):
+        for idx in torch.randperm(len(s.train_x)).split(64):
+            loss = F.cross_entropy(model(s.train_x[idx]), s.train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), s
+
+
+@pytest.fixture(scope="module")
+def grid(digits_model):
+    model, s = digits_model
+    return robustness_grid(model, s.test_x[:200], s.test_y[:200], EPS, ("fgsm", "pgd20"))
+
+
+def test_accuracy_falls_with_eps_and_reaches_zero(grid):
+    for attack in ("fgsm", "pgd20"):
+        curve = [grid[(attack, eps)] for eps in EPS]
+        assert curve[0] > 0.9
+        assert all(b <= a for a, b in zip(curve, curve[1:], strict=False)), curve
+        assert curve[-1] == 0.0
+
+
+def test_pgd_never_beats_fgsm(grid):
+    assert all(grid[("pgd20", eps)] <= grid[("fgsm", eps)] for eps in EPS)
+
+
+def test_a_sound_evaluation_raises_no_masking_flags(grid):
+    assert gradient_masking_checks(grid) == []
+
+
+class _Quantize(nn.Module):
+    """Rounds pixels to 4 levels: zero gradient almost everywhere, so gradient attacks stall."""
+
+    def forward(self, x):
+        return torch.round(x * 3) / 3
+
+
+def test_masked_gradients_are_flagged(digits_model):
+    model, s = digits_model
+    masked = nn.Sequential(_Quantize(), model).eval()
+    g = robustness_grid(masked, s.test_x[:100], s.test_y[:100], (0.1, 0.5), ("fgsm", "pgd10"))
+    flags = gradient_masking_checks(g)
+    assert any("pgd10" in f and "eps=0.5" in f and "expected about 0" in f for f in flags), flags
+
+
+def test_checks_flag_each_kind_of_violation():
+    bad = {
+        ("fgsm", 0.1): 0.5,
+        ("fgsm", 0.2): 0.6,  # rises with eps
+        ("pgd20", 0.1): 0.55,  # PGD above FGSM
+        ("pgd20", 0.2): 0.3,
+        ("autoattack", 0.1): 0.6,  # AutoAttack above PGD
+        ("pgd20", 0.5): 0.2,  # not near zero at a large eps
+        ("fgsm", 0.5): 0.2,  # FGSM is exempt from that check
+    }
+    flags = gradient_masking_checks(bad)
+    assert any(f.startswith("fgsm: accuracy rises") for f in flags)
+    assert any("pgd20 leaves 0.550" in f and "fgsm" in f for f in flags)
+    assert any("autoattack leaves 0.600" in f and "pgd20" in f for f in flags)
+    assert any(f.startswith("pgd20: 0.200 accuracy at eps=0.5") for f in flags)
+    assert not any(f.startswith("fgsm: 0.200") for f in flags)
+    assert len(flags) == 5  # the four above and autoattack above fgsm at eps 0.1
+
+
+def test_make_attack_names():
+    assert make_attack("pgd7", 0.1).steps == 7
+    with pytest.raises(ValueError):
+        make_attack("cw", 0.1)
+
+
+def test_autoattack_never_beats_pgd_and_final_evaluation(digits_model):
+    model, s = digits_model
+    x, y = s.test_x[:32], s.test_y[:32]
+    result = final_evaluation(model, x, y, eps=0.1, eps_list=(0.05, 0.1, 0.5), pgd_restarts=2)
+    assert result["autoattack"] <= result["pgd50"] <= result["grid"][("pgd20", 0.1)] + 1 / 32
+    assert result["pgd50"] <= robust_accuracy(model, x, y, make_attack("pgd50", 0.1))
+    assert result["clean"] > result["pgd50"]
+    assert result["violations"] == []

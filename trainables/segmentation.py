@@ -1,0 +1,79 @@
+"""Superpixels that stay meaningful on small images.
+
+`lime`'s default quickshift (kernel_size=4, max_dist=200) collapses a 32x32 image to one or two
+superpixels, which makes every explanation meaningless. These defaults give about 15 to 50
+superpixels on 32x32 and a 4x4 grid of 2x2 cells on 8x8. Labels are always 0..K-1, which is what
+`lime` assumes (it indexes its sample matrix by segment label).
+"""
+
+import warnings
+
+import numpy as np
+from skimage.segmentation import quickshift, slic
+
+SEGMENTATIONS = ("auto", "grid", "quickshift", "slic")
+MIN_SUPERPIXELS = 4
+SMALL_IMAGE = 16  # at or below this size 'auto' uses the grid
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+    if images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must be channels-last (N, H, W, C) with C = 1 or 3, got shape {images.shape}"
+        )
+    if not np.all(np.isfinite(images)):
+        raise ValueError("images contain NaN or infinite values")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"images must lie in [0, 1], got [{images.min()}, {images.max()}]")
+    return images.astype(np.float64, copy=False)
+
+
+def grid(height: int, width: int, cells: int) -> np.ndarray:
+    """A regular cells x cells grid: deterministic and independent of content."""
+    rows = np.arange(height) * cells // height
+    cols = np.arange(width) * cells // width
+    return (rows[:, None] * cells + cols[None, :]).astype(np.int32)
+
+
+def _segment_one(image: np.ndarray, method: str, seed: int) -> np.ndarray:
+    height, width, channels = image.shape
+    if method == "grid":
+        return grid(height, width, 4 if max(height, width) <= SMALL_IMAGE else 6)
+    if method == "quickshift":
+        rgb = np.repeat(image, 3, axis=-1) if channels == 1 else image
+        # kernel_size=1, max_dist=6, ratio=0.3: 9 to 39 (mean 19) superpixels on 32x32 CIFAR.
+        return quickshift(rgb, kernel_size=1, max_dist=6, ratio=0.3, rng=seed)
+    # SLIC converts RGB to Lab (range ~100), so compactness 10 suits it; grey stays in [0, 1].
+    if channels == 1:
+        return slic(image[..., 0], n_segments=50, compactness=0.1, channel_axis=None, start_label=0)
+    return slic(image, n_segments=50, compactness=10, start_label=0)
+
+
+def segment_batch(images: np.ndarray, method: str = "auto", seed: int = 0) -> np.ndarray:
+    """images (N, H, W, C) float in [0, 1], C = 1 or 3 -> (N, H, W) int32 labels 0..K_i-1.
+
+    'auto' is the grid for images of at most 16 px (2x2 cells on 8x8: 16 superpixels) and SLIC
+    above (about 25 to 40 superpixels on 32x32). Warns when an image gets fewer than 4.
+    """
+    if method not in SEGMENTATIONS:
+        raise ValueError(f"unknown segmentation {method!r}; choose one of {SEGMENTATIONS}")
+    images = _check_images(images)
+    if method == "auto":
+        method = "grid" if max(images.shape[1:3]) <= SMALL_IMAGE else "slic"
+    out = np.empty(images.shape[:3], dtype=np.int32)
+    for i, image in enumerate(images):
+        # Relabel to 0..K-1: SLIC can skip labels, and lime needs them contiguous.
+        out[i] = np.unique(_segment_one(image, method, seed), return_inverse=True)[1].reshape(
+            image.shape[:2]
+        )
+    few = [i for i, seg in enumerate(out) if seg.max() + 1 < MIN_SUPERPIXELS]
+    if few:
+        warnings.warn(
+            f"{len(few)} image(s) got fewer than {MIN_SUPERPIXELS} superpixels with {method!r} "
+            f"(first: image {few[0]}); their explanations carry little information",
+            stacklevel=2,
+        )
+    return out
