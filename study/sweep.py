@@ -114,6 +114,8 @@ def connect_ray(address: str | None) -> None:
     """Join the given cluster, else RAY_ADDRESS or a local `ray start`, else start one here."""
     import ray
 
+    if ray.is_initialized():  # e.g. a notebook or a test that started Ray itself
+        return
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
         ray.init(address=address)

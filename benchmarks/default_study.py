@@ -1,0 +1,62 @@
+"""Wall time and peak memory of the default study, exactly as a new user runs it.
+
+    python -m benchmarks.default_study [--json OUT.json] [-- extra sweep args]
+
+Runs `python -m study.sweep` in a fresh process (it starts its own local Ray) and samples, once a
+second, the proportional set size (PSS) of the whole process tree: the driver, Ray's GCS and
+raylet, the Tune/Train workers and the LIME actors. PSS splits shared pages among the processes
+that map them, so the sum does not count Ray's shared object store twice.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+
+def tree_pss_mb(root: psutil.Process) -> float:
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the figures here")
+    args, extra = parser.parse_known_args()
+    storage = tempfile.mkdtemp(prefix="default-study-")
+    cmd = [sys.executable, "-m", "study.sweep", "--storage", storage, "--address", "local"]
+    cmd += [a for a in extra if a != "--"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root, peak = psutil.Process(proc.pid), 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, tree_pss_mb(root))
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(1.0)
+    result = {
+        "command": " ".join(["python -m study.sweep", *cmd[3:]]),
+        "exit_code": proc.returncode,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_pss_mb": round(peak),
+        "cpus": psutil.cpu_count(),
+        "study_dir": storage,
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
