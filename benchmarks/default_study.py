@@ -9,6 +9,7 @@ that map them, so the sum does not count Ray's shared object store twice.
 """
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,10 +22,8 @@ import psutil
 def tree_pss_mb(root: psutil.Process) -> float:
     total = 0
     for p in [root, *root.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     return total / 2**20
 
 

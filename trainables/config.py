@@ -17,6 +17,7 @@ MASK_STRATEGIES = ("least_important", "most_important")
 MASK_FILLS = ("mean", "zero", "blur")
 REG_WEIGHTINGS = ("uniform", "lime")
 TRAIN_ATTACKS = ("pgd", "fgsm", "none")
+ATTACK_NORMS = ("linf", "l2")
 SEGMENTATIONS = ("auto", "grid", "quickshift", "slic")
 LIME_BACKENDS = ("lime", "torch")
 
@@ -36,6 +37,7 @@ class TrialConfig:
     eval_subset: int | None = None  # test images used for the per-round evaluation
     # model and method
     model: str = "small_cnn"
+    model_width: int = 0  # fast_cnn's base width; 0 = the architecture's default
     method: str = "lime_refine"
     # optimization
     rounds: int = 2
@@ -57,8 +59,9 @@ class TrialConfig:
     # sensitivity regularization (input-gradient penalty)
     reg_weight: float = 0.1
     reg_weighting: str = "lime"
-    # adversarial training (epsilon in [0, 1] pixel units, L-inf)
+    # adversarial training of lime_refine and pgd_at (epsilon in pixel units, in attack_norm)
     train_attack: str = "pgd"
+    attack_norm: str = "linf"
     epsilon: float = 0.1
     attack_steps: int = 5
     # baselines: IG-NORM / IG-SUM-NORM / TRADES strength and IG path steps
@@ -67,6 +70,19 @@ class TrialConfig:
     # evaluation: one fixed epsilon for every trial so trials are comparable
     eval_epsilon: float = 0.1
     eval_steps: int = 10
+    # after the last round: FGSM and PGD-20 at every eps of eval_grid ("1/255,2/255", "" = none);
+    # with final_eval also PGD-50 with restarts and AutoAttack at final_grid ("" = eval_grid) on
+    # final_eval_subset test images, gradient-masking checks, CIFAR-10-C on cifar10c_images
+    # images and attribution robustness on attr_images images (0 = skip either)
+    eval_grid: str = ""
+    final_eval: bool = False
+    final_grid: str = ""
+    final_eval_subset: int = 100
+    final_restarts: int = 3
+    cifar10c_images: int = 0
+    attr_images: int = 0
+    attr_steps: int = 20
+    attr_restarts: int = 1
     # resources
     num_workers: int = 1
     cpus_per_worker: float = 1.0
@@ -78,6 +94,7 @@ class TrialConfig:
 _RANGES: dict[str, tuple[Any, str]] = {
     "dataset": (lambda v: v in DATASETS, f"must be one of {DATASETS}"),
     "model": (lambda v: v in ARCHITECTURES, f"must be one of {tuple(ARCHITECTURES)}"),
+    "model_width": (lambda v: 0 <= v <= 4096, "must be in [0, 4096] (0 = default)"),
     "method": (lambda v: v in METHODS, f"must be one of {METHODS}"),
     "train_subset": (lambda v: v is None or v >= 10, "must be at least 10"),
     "eval_subset": (lambda v: v is None or v >= 1, "must be at least 1"),
@@ -98,17 +115,47 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "reg_weight": (lambda v: 0 <= v <= 1e4, "must be in [0, 10000]"),
     "reg_weighting": (lambda v: v in REG_WEIGHTINGS, f"must be one of {REG_WEIGHTINGS}"),
     "train_attack": (lambda v: v in TRAIN_ATTACKS, f"must be one of {TRAIN_ATTACKS}"),
+    "attack_norm": (lambda v: v in ATTACK_NORMS, f"must be one of {ATTACK_NORMS}"),
     "epsilon": (lambda v: 0 <= v <= 1, "must be in [0, 1] (pixel units)"),
     "attack_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
     "baseline_weight": (lambda v: 0 <= v <= 1e4, "must be in [0, 10000]"),
     "ig_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
     "eval_epsilon": (lambda v: 0 <= v <= 1, "must be in [0, 1] (pixel units)"),
     "eval_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
+    "eval_grid": (lambda v: _grid_ok(v), "must be comma-separated eps in (0, 1], e.g. '1/255,0.1'"),
+    "final_grid": (lambda v: _grid_ok(v), "must be comma-separated eps in (0, 1], e.g. '8/255'"),
+    "final_eval_subset": (lambda v: 1 <= v <= 100_000, "must be in [1, 100000]"),
+    "final_restarts": (lambda v: 1 <= v <= 100, "must be in [1, 100]"),
+    "cifar10c_images": (lambda v: 0 <= v <= 10_000, "must be in [0, 10000]"),
+    "attr_images": (lambda v: 0 <= v <= 10_000, "must be in [0, 10000]"),
+    "attr_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
+    "attr_restarts": (lambda v: 1 <= v <= 100, "must be in [1, 100]"),
     "num_workers": (lambda v: 1 <= v <= 1024, "must be in [1, 1024]"),
     "cpus_per_worker": (lambda v: 0 < v <= 256, "must be in (0, 256]"),
     "gpus_per_worker": (lambda v: 0 <= v <= 16, "must be in [0, 16]"),
     "seed": (lambda v: 0 <= v < 2**32, "must be in [0, 2**32)"),
 }
+
+
+def parse_grid(text: str) -> tuple[tuple[str, float], ...]:
+    """'1/255, 0.1' -> (('1/255', 0.00392...), ('0.1', 0.1)); raises ValueError when malformed."""
+    out = []
+    for token in (t.strip() for t in text.split(",") if t.strip()):
+        num, _, den = token.partition("/")
+        eps = float(num) / float(den) if den else float(num)
+        if not 0 < eps <= 1:
+            raise ValueError(f"eps {token} is outside (0, 1]")
+        out.append((token, eps))
+    return tuple(out)
+
+
+def _grid_ok(text: str) -> bool:
+    try:
+        parse_grid(text)
+    except (ValueError, ZeroDivisionError):
+        return False
+    return True
+
 
 TRIAL_FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 
@@ -153,4 +200,9 @@ def make_trial_config(values: dict[str, Any]) -> TrialConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"trial: expected a mapping, got {values!r}")
     checked = {k: validate_trial_value(k, v) for k, v in values.items()}
-    return TrialConfig(**checked)
+    cfg = TrialConfig(**checked)
+    if cfg.attack_norm == "l2" and cfg.train_attack == "fgsm":
+        raise ConfigError("trial.attack_norm: 'l2' needs train_attack 'pgd' (FGSM is L-inf only)")
+    if cfg.model_width and cfg.model != "fast_cnn":
+        raise ConfigError("trial.model_width: only fast_cnn has a width; leave it 0")
+    return cfg

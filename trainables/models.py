@@ -108,11 +108,16 @@ def build_model(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    width: int | None = None,
 ) -> nn.Module:
-    """Normalize + the named architecture, with lazy layers materialized by one dummy pass."""
+    """Normalize + the named architecture, with lazy layers materialized by one dummy pass.
+    `width` (fast_cnn only) shrinks the net for CPU runs."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(ARCHITECTURES)}")
-    model = nn.Sequential(Normalize(mean, std), ARCHITECTURES[name](in_channels, num_classes))
+    extra = {} if width is None else {"width": width}
+    model = nn.Sequential(
+        Normalize(mean, std), ARCHITECTURES[name](in_channels, num_classes, **extra)
+    )
     with torch.no_grad():
         model.eval()(torch.zeros(1, in_channels, image_size, image_size))
     return model
