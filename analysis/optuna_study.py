@@ -129,9 +129,15 @@ def param_importances(df: pd.DataFrame, settings: dict, seed: int = 0) -> pd.Dat
     columns = {}
     for i, objective in enumerate(study.metric_names):
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-        columns[objective] = optuna.importance.get_param_importances(
-            study, evaluator=evaluator, params=varying, target=lambda t, i=i: t.values[i]
-        )
+        try:
+            columns[objective] = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, params=varying, target=lambda t, i=i: t.values[i]
+            )
+        except RuntimeError as e:  # fANOVA's forest found no variance (too few trials)
+            raise ValueError(
+                f"parameter importance is undefined for {objective} with {len(done)} "
+                f"finished trials ({e})"
+            ) from e
     return pd.DataFrame(columns).reindex(varying).fillna(0.0)
 
 

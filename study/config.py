@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from trainables.config import (
+    METHODS,
     TRIAL_FIELDS,
     ConfigError,
     TrialConfig,
@@ -23,6 +24,7 @@ from trainables.config import (
 )
 
 SEARCHERS = ("optuna", "random")
+BASELINE_METHODS = tuple(m for m in METHODS if m != "lime_refine")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 
 
@@ -55,6 +57,9 @@ class StudyConfig:
     )
     search: dict[str, ParamSpec] = field(default_factory=dict)
     trial: TrialConfig = field(default_factory=TrialConfig)
+    # Methods trained once each, with the fixed trial settings, beside the search (in
+    # study_dir/baselines), so every front is read against them.
+    baselines: tuple[str, ...] = ()
 
     @property
     def study_dir(self) -> str:
@@ -81,6 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # scikit-learn digits, 8x8 grayscale; eps 0.1 of [0, 1] is 1.6 of the 16 grey levels.
     "digits": {
         "num_samples": 8,
+        "baselines": ["erm", "pgd_at", "ig_norm"],
         "trial": {
             "dataset": "digits",
             "model": "small_cnn",
@@ -95,6 +101,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "attack_steps": 3,
             "eval_epsilon": 0.1,
             "eval_steps": 10,
+            "eval_grid": "0.05,0.1,0.2,0.3",  # FGSM and PGD-20 after the last round
             # The worker waits while its LIME actor works: half a CPU each, two trials at once.
             "cpus_per_worker": 0.5,
             "cpus_per_lime_actor": 0.5,
@@ -104,6 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CIFAR-10 with the airbench-style CNN; eps in the usual 0..8/255 range.
     "cifar10": {
         "num_samples": 16,
+        "baselines": ["erm", "pgd_at", "ig_norm"],
         "trial": {
             "dataset": "cifar10",
             "model": "fast_cnn",
@@ -120,6 +128,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval_epsilon": 2 / 255,
             "eval_steps": 20,
             "eval_subset": 2000,
+            "eval_grid": "1/255,2/255,4/255,8/255",
         },
         "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 8 / 255}},
     },
@@ -127,7 +136,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 STUDY_KEYS = {
     "name", "storage", "preset", "num_samples", "max_concurrent_trials", "searcher",
-    "seed", "objectives", "search", "trial",
+    "seed", "objectives", "search", "trial", "baselines",
 }  # fmt: skip
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -242,6 +251,12 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
     search = values.get("search") or {}
     if not isinstance(search, dict):
         raise ConfigError("search: expected a mapping of trial key to distribution")
+    baselines = values.get("baselines") or []
+    if not isinstance(baselines, list) or len(set(baselines)) != len(baselines):
+        raise ConfigError(f"baselines: expected a list of distinct methods, got {baselines!r}")
+    for method in baselines:
+        if method not in BASELINE_METHODS:
+            raise ConfigError(f"baselines: {method!r} is not one of {BASELINE_METHODS}")
     max_conc = values.get("max_concurrent_trials")
     return StudyConfig(
         name=name,
@@ -256,6 +271,7 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
         objectives=dict(objectives),
         search={k: _param_spec(k, v) for k, v in search.items() if v is not None},
         trial=make_trial_config(trial),
+        baselines=tuple(baselines),
     )
 
 

@@ -7,18 +7,23 @@ pareto.csv and pareto.png into the study directory and prints the Pareto-optimal
 """
 
 import argparse
+import dataclasses
 import json
+import logging
 import math
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from study.config import ConfigError, StudyConfig, build_study_config, load_config
-from trainables.data import DataError
+from study.config import ConfigError, StudyConfig, build_study_config, load_config, read_yaml
+from trainables.config import make_trial_config
+from trainables.data import DataError, load_splits
 
 STUDY_FILE = "study.json"
 TRAIN_RUNS_DIR = "train_runs"
+BASELINES_DIR = "baselines"
 RESULT_FILES = ("trials.csv", "pareto.csv", "pareto.png")
 
 
@@ -63,7 +68,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="default: as many as the cluster's CPUs and GPUs fit",
     )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        metavar="G",
+        help="GPUs one trial holds, split evenly between its Train workers and their LIME "
+        "actors; a fraction (0.25) packs several trials onto one GPU (default: 0, CPU only)",
+    )
     p.add_argument("--seed", type=int, help="seed of the search and of every trial")
+    p.add_argument(
+        "--check-cluster",
+        metavar="CLUSTER.yaml",
+        help="only validate a `ray up` cluster config offline, as Ray does before it "
+        "contacts the cloud, and exit",
+    )
     return p.parse_args(argv)
 
 
@@ -89,6 +107,23 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def with_gpus_per_trial(cfg: StudyConfig, gpus: float | None) -> StudyConfig:
+    """Spread a trial's GPU share over its Train workers and, for lime_refine, their LIME
+    actors (one share each), so the trial holds exactly `gpus` GPUs in all."""
+    if gpus is None:
+        return cfg
+    t = cfg.trial
+    holders = t.num_workers * (2 if t.method == "lime_refine" else 1)
+    each = gpus / holders
+    if not 0 < gpus <= 1024 or (each > 1 and not each.is_integer()):
+        raise ConfigError(
+            f"--gpus-per-trial: must be positive and give each of the trial's {holders} GPU "
+            f"users (Train workers and LIME actors) a fraction <= 1 or a whole number, got {gpus}"
+        )
+    trial = make_trial_config({**vars(t), "gpus_per_worker": each})
+    return dataclasses.replace(cfg, trial=trial)
+
+
 def _is_remote(path: str) -> bool:
     return "://" in path
 
@@ -100,6 +135,12 @@ def check_paths(cfg: StudyConfig, resume: bool) -> None:
         raise ConfigError(f"--data-dir: {data_dir} does not exist")
     if _is_remote(cfg.study_dir):
         return  # checked by pyarrow when Tune opens it
+    parent = Path(cfg.storage)
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"--storage: {cfg.storage} cannot be created ({parent} is not a "
+                          "writable directory)")  # fmt: skip
     exists = os.path.exists(os.path.join(cfg.study_dir, STUDY_FILE))
     if resume and not exists:
         raise ConfigError(f"--resume: no study named {cfg.name!r} under {cfg.storage}")
@@ -110,15 +151,66 @@ def check_paths(cfg: StudyConfig, resume: bool) -> None:
         )
 
 
+def check_cluster_file(path: str) -> None:
+    """Ray's own preparation and schema validation of a cluster config, with no cloud calls
+    (`ray up` needs the cloud SDK before it validates). Private Ray API, pinned with Ray."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = read_yaml(path)
+    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # one line of output, not logs
+    try:
+        validate_config(prepare_config(config))
+    except jsonschema.ValidationError as e:
+        where = ".".join(str(p) for p in e.absolute_path) or "top level"
+        raise ConfigError(f"{path}: {where}: {e.message}") from e
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def check_data(cfg: StudyConfig) -> None:
+    """Read a local --data-dir once (truncated archives, failed checksums) before anything
+    starts; the workers read it again from the cache this leaves."""
+    t = cfg.trial
+    if t.data_dir is None or _is_remote(t.data_dir):
+        return
+    try:
+        load_splits(t.dataset, t.data_dir, seed=t.seed)
+    except DataError as e:
+        raise ConfigError(f"--data-dir: {e}") from e
+
+
+def check_address(address: str | None) -> None:
+    """Fail in seconds, not minutes, on a cluster address nobody answers at."""
+    if not address or address in ("local", "auto"):
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            f"--address: expected HOST:PORT, ray://HOST:PORT or local, got {address!r}"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(
+            f"--address: nothing answers at {address} ({e.strerror or e}); "
+            "is the cluster up (`ray status`)?"
+        ) from e
+
+
 def connect_ray(address: str | None) -> None:
     """Join the given cluster, else RAY_ADDRESS or a local `ray start`, else start one here."""
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS")
+    check_address(address)
     if ray.is_initialized():  # e.g. a notebook or a test that started Ray itself
         return
-    address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as e:
+            raise ConfigError(f"--address: cannot join the Ray cluster at {address}: {e}") from e
         return
     if address is None:
         try:
@@ -167,26 +259,25 @@ def make_searcher(cfg: StudyConfig):
 
 
 def trial_resources(cfg: StudyConfig) -> dict[str, float]:
-    """What one trial holds: its Train workers and each worker's LIME actors."""
+    """What one trial holds: its Train workers and each worker's LIME actors (which together
+    hold one more worker's share of GPU, see trainables.refine.train_loop_per_worker)."""
     t = cfg.trial
-    lime = t.lime_actors * t.cpus_per_lime_actor if t.method == "lime_refine" else 0.0
+    lime = t.method == "lime_refine"
     return {
-        "CPU": t.num_workers * (t.cpus_per_worker + lime),
-        "GPU": t.num_workers * t.gpus_per_worker,
+        "CPU": t.num_workers
+        * (t.cpus_per_worker + (t.lime_actors * t.cpus_per_lime_actor if lime else 0)),
+        "GPU": t.num_workers * t.gpus_per_worker * (2 if lime else 1),
     }
 
 
-def default_concurrency(cfg: StudyConfig) -> int:
+def default_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     """As many trials at once as the cluster's CPUs and GPUs fit (at least one)."""
-    import ray
-
-    total = ray.cluster_resources()
     need = trial_resources(cfg)
-    fits = [math.floor(total.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0]
+    fits = [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0]
     return max(1, min(fits, default=1))
 
 
-def make_tuner(cfg: StudyConfig, resume: bool):
+def _trainable(cfg: StudyConfig):
     from ray import tune
 
     from trainables.trial import run_trial
@@ -197,26 +288,46 @@ def make_tuner(cfg: StudyConfig, resume: bool):
     # The trial function only waits on its Train run, whose workers and actors hold the CPUs
     # and GPUs; it reserves no CPU (only a little memory, as Tune refuses an empty request), so
     # trial drivers never starve their own workers.
-    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024**2})
-    if resume:
+    return tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024**2})
+
+
+def _tuner(cfg: StudyConfig, path: str, param_space: dict, search_alg, num_samples: int):
+    """A new Tuner at path, or the one already there (resumed with Optuna's state)."""
+    import ray
+    from ray import tune
+
+    if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(
-            cfg.study_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+            path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True
         )
+    storage, name = path.rstrip("/").rsplit("/", 1)
     return tune.Tuner(
-        trainable,
-        param_space=search_space(cfg),
+        _trainable(cfg),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(cfg),
-            num_samples=cfg.num_samples,
-            max_concurrent_trials=cfg.max_concurrent_trials or default_concurrency(cfg),
+            search_alg=search_alg,
+            num_samples=num_samples,
+            max_concurrent_trials=cfg.max_concurrent_trials
+            or default_concurrency(cfg, ray.cluster_resources()),
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=cfg.name,
-            storage_path=cfg.storage,
-            failure_config=tune.FailureConfig(max_failures=0),
+            name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0)
         ),
     )
+
+
+def make_tuner(cfg: StudyConfig):
+    """The search: Optuna samples the searched keys, the rest of the trial config is fixed."""
+    return _tuner(cfg, cfg.study_dir, search_space(cfg), make_searcher(cfg), cfg.num_samples)
+
+
+def make_baseline_tuner(cfg: StudyConfig):
+    """One trial per baseline method with the fixed trial config, in study_dir/baselines."""
+    from ray import tune
+
+    space = {**vars(cfg.trial), "method": tune.grid_search(list(cfg.baselines))}
+    return _tuner(cfg, f"{cfg.study_dir}/{BASELINES_DIR}", space, None, 1)
 
 
 def write_study_file(cfg: StudyConfig) -> None:
@@ -236,13 +347,14 @@ def summarize(cfg: StudyConfig, out_dir: Path) -> None:
     from analysis.results import completed, load_trials
 
     trials = load_trials(cfg.study_dir)
-    front = pareto_front(completed(trials), cfg.objectives)
+    searched = completed(trials[trials["experiment"] == cfg.name])  # not the baselines
+    front = pareto_front(searched, cfg.objectives)
     out_dir.mkdir(parents=True, exist_ok=True)
     trials.to_csv(out_dir / "trials.csv", index=False)
     front.to_csv(out_dir / "pareto.csv", index=False)
     plot_pareto(trials, cfg.objectives, out_dir / "pareto.png", title=f"Study {cfg.name}")
     shown = ["trial_id", *cfg.objectives, *[f"config/{k}" for k in cfg.search]]
-    print(f"\nPareto-optimal trials ({len(front)} of {len(trials)}):")
+    print(f"\nPareto-optimal trials ({len(front)} of {len(searched)} finished):")
     print(front[[c for c in shown if c in front.columns]].to_string(index=False))
     print(f"\nResults: {out_dir}")
 
@@ -251,10 +363,12 @@ def run_study(cfg: StudyConfig, *, resume: bool = False, address: str | None = N
     """Run (or resume) a validated study; returns the study directory."""
     check_paths(cfg, resume)
     connect_ray(address)
-    tuner = make_tuner(cfg, resume)
+    tuner = make_tuner(cfg)
     if not resume:
         write_study_file(cfg)
     tuner.fit()
+    if cfg.baselines:
+        make_baseline_tuner(cfg).fit()
     local = Path(cfg.study_dir) if not _is_remote(cfg.study_dir) else Path("results") / cfg.name
     summarize(cfg, local)
     return cfg.study_dir
@@ -263,10 +377,18 @@ def run_study(cfg: StudyConfig, *, resume: bool = False, address: str | None = N
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config, overrides_from_args(args))
+        if args.check_cluster:
+            check_cluster_file(args.check_cluster)
+            print(f"{args.check_cluster}: valid")
+            return 0
+        cfg = with_gpus_per_trial(
+            load_config(args.config, overrides_from_args(args)), args.gpus_per_trial
+        )
         if args.resume:
             cfg = _resumed_config(cfg)
         check_paths(cfg, args.resume)
+        check_data(cfg)
+        connect_ray(args.address)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,3 +35,29 @@ def cifar10_tarball() -> Path:
     if not CIFAR10_TARBALL.exists():
         pytest.skip(f"shared CIFAR-10 copy not found at {CIFAR10_TARBALL}")
     return CIFAR10_TARBALL
+
+
+# A real study in under a minute: the digits preset, shrunk (tests/test_study.py checks it).
+TINY_TRIAL = {
+    "rounds": 2,
+    "epochs_per_round": 1,
+    "train_subset": 300,
+    "eval_subset": 100,
+    "pool_size": 8,
+    "lime_samples": 50,
+    "eval_steps": 5,
+    "ig_steps": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_study(ray_local, tmp_path_factory) -> str:
+    """A real 2-trial study (Ray Tune + Ray Train + OptunaSearch) with its 3 baselines."""
+    from study.config import load_config
+    from study.sweep import run_study
+
+    storage = tmp_path_factory.mktemp("real-studies")
+    cfg = load_config(
+        None, {"name": "tiny", "storage": str(storage), "num_samples": 2, "trial": TINY_TRIAL}
+    )
+    return run_study(cfg)

@@ -1,12 +1,10 @@
-"""The notebooks run headlessly against a real (synthetic) study and are stored without outputs."""
+"""The notebooks run headlessly against a real study of this session; stored without outputs."""
 
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-
-from analysis.synthetic import make_synthetic_study
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "analysis" / "notebooks").glob("*.ipynb"))
 
@@ -27,11 +25,8 @@ def test_notebook_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, ray_local, tmp_path_factory, monkeypatch):
-    storage = tmp_path_factory.getbasetemp() / "studies"  # the one test_analysis.py makes
-    monkeypatch.setenv(
-        "STUDY_DIR", make_synthetic_study(storage, num_samples=6, rounds=2, reuse=True)
-    )
+def test_notebook_runs(path, tiny_study, monkeypatch):
+    monkeypatch.setenv("STUDY_DIR", tiny_study)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
