@@ -9,8 +9,13 @@ weighted toward the superpixels LIME marks irrelevant; evaluate; report and chec
 `train_loop_per_worker` runs it inside a Ray Train worker with the explanation pool on Ray actors.
 """
 
+import hashlib
+import io
+import json
 import math
 import os
+import pickle
+import posixpath
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +36,7 @@ from trainables.evaluate import accuracy, robust_accuracy
 from trainables.explain import ExplainerPool, Explanation, explain_images
 from trainables.models import build_model
 from trainables.segmentation import segment_batch
+from trainables.trial_eval import trial_evaluation
 
 # explain(model, images, labels, segments) -> one Explanation per image, in order
 Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], list[Explanation]]
@@ -49,7 +55,7 @@ def _hidden_superpixels(weights: np.ndarray, ratio: float, strategy: str) -> np.
     order = np.argsort(weights, kind="stable")  # least important (most negative) first
     if strategy == "most_important":
         order = order[::-1]
-    return order[:count]
+    return order[:count].copy()  # a reversed view has negative strides: torch rejects it
 
 
 def mask_superpixels(
@@ -128,10 +134,21 @@ def _gather(items: list, world: int) -> list:
     return [x for part in out for x in part]
 
 
+def _on_any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank when it is true on one, so all ranks stop at the same step."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t)
+    return t.item() > 0
+
+
 def _mean_over_ranks(value: float, count: int, world: int) -> float:
     if world == 1:
         return value
-    t = torch.tensor([value * count, float(count)], dtype=torch.float64)
+    # NCCL reduces CUDA tensors only; gloo CPU ones.
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([value * count, float(count)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return (t[0] / t[1]).item()
 
@@ -145,7 +162,7 @@ def _train_attack(cfg: TrialConfig, step: int):
         return None
     if cfg.train_attack == "fgsm":
         return FGSM(cfg.epsilon, random_start=True, seed=seed)
-    return PGD(cfg.epsilon, steps=cfg.attack_steps, seed=seed)
+    return PGD(cfg.epsilon, steps=cfg.attack_steps, norm=cfg.attack_norm, seed=seed)
 
 
 def _adversarial(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -170,7 +187,8 @@ def training_loss(
     if cfg.method == "erm":
         return F.cross_entropy(model(x), y)
     if cfg.method == "pgd_at":
-        x_adv = _adversarial(model, PGD(cfg.epsilon, steps=cfg.attack_steps, seed=step), x, y)
+        attack = PGD(cfg.epsilon, steps=cfg.attack_steps, norm=cfg.attack_norm, seed=step)
+        x_adv = _adversarial(model, attack, x, y)
         return F.cross_entropy(model(x_adv), y)
     if cfg.method == "ig_norm":
         return objectives.ig_norm_loss(
@@ -248,13 +266,16 @@ def build_trial_model(cfg: TrialConfig, splits: Splits) -> nn.Module:
 
 def model_spec(cfg: TrialConfig, splits: Splits) -> dict[str, Any]:
     """Keyword arguments (besides the name) that rebuild the trial's model anywhere."""
-    return {
+    spec = {
         "in_channels": splits.in_channels,
         "num_classes": splits.num_classes,
         "image_size": splits.image_size,
         "mean": splits.mean,
         "std": splits.std,
     }
+    if cfg.model_width:
+        spec["width"] = cfg.model_width
+    return spec
 
 
 def refine(
@@ -326,7 +347,7 @@ def refine(
                 for group in opt.param_groups:  # linear decay to zero (airbench-style)
                     group["lr"] = cfg.lr * max(0.0, 1 - step / total_steps)
                 loss = training_loss(cfg, model, x, y, w, step)
-                if not torch.isfinite(loss):
+                if _on_any_rank(not torch.isfinite(loss), world, loss.device):
                     raise FloatingPointError(
                         f"loss became {loss.item()} at round {round_}, step {step}: "
                         "lower lr, reg_weight or baseline_weight"
@@ -350,6 +371,10 @@ def refine(
             "eval_seconds": time.perf_counter() - t0 - t_lime - t_train,
             "train_examples": len(xs),
         }
+        if round_ == cfg.rounds - 1 and rank == 0:  # the grid, and the final evaluation
+            t_final = time.perf_counter()
+            metrics.update(trial_evaluation(cfg, model, splits, test_x, test_y))
+            metrics["final_eval_seconds"] = time.perf_counter() - t_final
         if report is not None:
             report(
                 metrics,
@@ -366,13 +391,85 @@ def refine(
 # --- Ray Train ---------------------------------------------------------------------------------
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated or fails its checksum."""
+
+
+def fatal_reason(error: BaseException) -> str | None:
+    """Why a trial cannot finish, in one line, for errors a retry from the last checkpoint would
+    only repeat (divergence, out of memory); None for any other error."""
+    text = (str(error) or type(error).__name__).splitlines()[0]
+    if isinstance(error, FloatingPointError):
+        return f"diverged: {text}"
+    cpu_oom = isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    if isinstance(error, torch.OutOfMemoryError | MemoryError) or cpu_oom:
+        return (
+            f"out of memory ({text}); lower batch_size, pool_size or lime_samples, "
+            "or give the trial more memory"
+        )
+    return None
+
+
 def save_state(state: dict[str, Any], directory: str) -> None:
-    torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+    """state.pt and its SHA-256, so a truncated or corrupted copy is caught on load."""
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    torch.save(state, path)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with open(path + ".sha256", "w") as f:
+        f.write(digest)
 
 
 def load_state(directory: str) -> dict[str, Any]:
     """Load a checkpoint with weights_only=True: tensors and plain data, never arbitrary code."""
-    return torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=True)
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path + ".sha256") as f:
+            expected = f.read().strip()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {directory}: cannot read ({e.strerror or e})") from e
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {directory}: {CHECKPOINT_FILE} fails its SHA-256 "
+                              "(truncated or corrupted)")  # fmt: skip
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first_line = str(e).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {directory}: cannot be loaded with weights_only=True ({first_line})"
+        ) from e
+
+
+def restore_state(checkpoint) -> dict[str, Any] | None:
+    """The newest readable checkpoint's state: the given (latest) one, else the ones before it
+    in the same run directory, newest first. None without a checkpoint."""
+    if checkpoint is None:
+        return None
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    fs, parent = checkpoint.filesystem, posixpath.dirname(checkpoint.path)
+    older = sorted(
+        (
+            info.path
+            for info in fs.get_file_info(pyarrow.fs.FileSelector(parent))
+            if info.type == pyarrow.fs.FileType.Directory
+            and info.base_name.startswith("checkpoint_")
+            and info.base_name < posixpath.basename(checkpoint.path)
+        ),
+        reverse=True,
+    )
+    errors = []
+    for candidate in [checkpoint, *(Checkpoint(p, filesystem=fs) for p in older)]:
+        try:
+            with candidate.as_directory() as d:
+                return load_state(d)
+        except CheckpointError as e:
+            print(f"{e}; falling back to the previous checkpoint", flush=True)
+            errors.append(str(e))
+    raise CheckpointError("no readable checkpoint: " + " | ".join(errors))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -385,11 +482,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     rank = ray.train.get_context().get_world_rank()
 
-    state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(d)
+    state = restore_state(ray.train.get_checkpoint())
+    if state is not None and ("trial_error" in state or state["round"] + 1 >= cfg.rounds):
+        # Finished (or failed) before the study was interrupted: report the same end again.
+        ray.train.report(json.loads(state["metrics"]))
+        return
 
     splits = load_splits(cfg.dataset, cfg.data_dir, download=True, seed=cfg.seed)
     pool = None
@@ -412,12 +509,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
-                save_state(state, d)
+                save_state({**state, "metrics": json.dumps(metrics, default=float)}, d)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
     try:
         refine(cfg, explain=explain, report=report, state=state, splits=splits, device=device)
+    except Exception as e:
+        reason = fatal_reason(e)
+        if reason is None:
+            raise  # Ray Train retries it from the last checkpoint
+        # Checkpointed, so Train's result carries it to run_trial, which raises it unretried.
+        report({"trial_error": reason}, {"trial_error": reason})
     finally:
         if pool is not None:
             pool.shutdown()
