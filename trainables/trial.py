@@ -9,11 +9,24 @@ from typing import Any
 
 import ray.tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import make_trial_config
 from trainables.refine import train_loop_per_worker
+
+
+class TrialError(RuntimeError):
+    """A trial that cannot finish (it diverged or ran out of memory); Tune records it as ERROR."""
+
+
+class _ReportToTune(TuneReportCallback):
+    """Forwards each round's metrics to Tune, but not a trial_error report: Tune rejects a result
+    without the study's objectives; run_trial raises the error instead."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if "trial_error" not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
 
 
 def run_trial(config: dict[str, Any], train_storage: str) -> None:
@@ -24,21 +37,27 @@ def run_trial(config: dict[str, Any], train_storage: str) -> None:
     """
     cfg = make_trial_config(config)
     context = ray.tune.get_context()
+    use_gpu = cfg.gpus_per_worker > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
-            use_gpu=cfg.gpus_per_worker > 0,
+            use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker},
         ),
         run_config=RunConfig(
             # A stable name derived from the trial id, so a restarted trial finds its checkpoints.
             name=context.get_trial_id(),
             storage_path=train_storage,
+            # Dead workers and nodes are retried from the last checkpoint; a diverged or
+            # out-of-memory trial is not (train_loop_per_worker reports it as trial_error).
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
+            callbacks=[_ReportToTune()],
         ),
     )
-    trainer.fit()
+    error = (trainer.fit().metrics or {}).get("trial_error")
+    if error:
+        raise TrialError(error)

@@ -1,0 +1,176 @@
+"""The catalogue of bad input beyond tests/test_config.py: unreadable paths, broken datasets,
+a malformed cluster.yaml, an unreachable cluster, bad resource requests. Each one runs the real
+command line and must give exit code 2, one line naming the field, and no study directory."""
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from study import sweep
+from tests.conftest import REPO
+from tests.test_multinode import free_port
+
+
+@pytest.fixture
+def cifar_tree(tmp_path, monkeypatch):
+    """A tiny CIFAR-10 ImageFolder (10 classes, one 32x32 image each per split) and its cache."""
+    monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "tiny-cifar"
+    for split in ("train", "test"):
+        for c in range(10):
+            (root / split / f"class{c}").mkdir(parents=True)
+            pixels = np.full((32, 32, 3), 25 * c, dtype=np.uint8)
+            Image.fromarray(pixels).save(root / split / f"class{c}" / "0.png")
+    return root
+
+
+def _main(tmp_path, capsys, *argv):
+    code = sweep.main([*argv, "--storage", str(tmp_path / "store"), "--name", "bad"])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def _assert_rejected(tmp_path, code, err, fragment):
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert fragment in err, err
+    assert not (tmp_path / "store").exists()
+
+
+def _yaml(tmp_path, data) -> str:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"trial": {"num_workers": 0}}, "trial.num_workers"),
+        ({"trial": {"cpus_per_worker": "two"}}, "trial.cpus_per_worker"),
+        ({"trial": {"gpus_per_worker": -1}}, "trial.gpus_per_worker"),
+        ({"trial": {"batch_size": 10**9}}, "trial.batch_size"),
+        ({"trial": ["rounds", 2]}, "trial"),
+        ({"search": {"lr": {"type": "choice", "values": []}}}, "search.lr.values"),
+        ({"search": {"lr": {"type": "uniform", "low": 0.01, "high": 0.1, "step": 2}}}, "search.lr"),
+        ({"max_concurrent_trials": 0}, "max_concurrent_trials"),
+        ({"objectives": ["clean_acc"]}, "objectives"),
+    ],
+)
+def test_bad_yaml_values(tmp_path, capsys, data, fragment):
+    code, err = _main(tmp_path, capsys, "--config", _yaml(tmp_path, data))
+    _assert_rejected(tmp_path, code, err, fragment)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--gpus-per-trial", "-1"], "--gpus-per-trial"),
+        (["--gpus-per-trial", "3"], "--gpus-per-trial"),  # 1.5 GPUs per worker and actor
+        (["--seed", "-1"], "seed"),
+        (["--address", "no-port-here"], "--address"),
+    ],
+)
+def test_bad_flags(tmp_path, capsys, argv, fragment):
+    code, err = _main(tmp_path, capsys, *argv)
+    _assert_rejected(tmp_path, code, err, fragment)
+
+
+def test_config_path_that_is_a_directory(tmp_path, capsys):
+    code, err = _main(tmp_path, capsys, "--config", str(tmp_path))
+    _assert_rejected(tmp_path, code, err, "cannot read")
+
+
+def test_storage_under_a_regular_file(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = sweep.main(["--storage", str(blocker / "store")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --storage:") and "\n" not in err
+    assert blocker.is_file()
+
+
+def test_truncated_dataset_archive(tmp_path, capsys, cifar_tree):
+    archive = tmp_path / "tiny-cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(cifar_tree, arcname="tiny-cifar")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    code, err = _main(tmp_path, capsys, "--preset", "cifar10", "--data-dir", str(archive))
+    _assert_rejected(tmp_path, code, err, "--data-dir: cannot unpack")
+
+
+def test_dataset_cache_checksum_mismatch(tmp_path, capsys, cifar_tree):
+    from trainables.data import cache_dir, load_splits
+
+    load_splits("cifar10", cifar_tree)  # decodes once and writes the checksummed cache
+    cache = next((cache_dir() / "decoded").glob("*-train-*.npz"))
+    with np.load(cache) as z:
+        x, y = z["x"].copy(), z["y"]
+    x[0, 0, 0, 0] ^= 1  # one changed pixel, the stored checksum kept
+    np.savez(cache, x=x, y=y, sha256=str(np.load(cache)["sha256"]))
+    code, err = _main(tmp_path, capsys, "--preset", "cifar10", "--data-dir", str(cifar_tree))
+    _assert_rejected(tmp_path, code, err, "fails its checksum")
+
+
+def test_dataset_with_missing_classes(tmp_path, capsys, cifar_tree):
+    shutil.rmtree(cifar_tree / "train" / "class9")
+    code, err = _main(tmp_path, capsys, "--preset", "cifar10", "--data-dir", str(cifar_tree))
+    _assert_rejected(tmp_path, code, err, "9 class folders")
+
+
+def test_unreachable_address_fails_fast(tmp_path, capsys):
+    start = time.perf_counter()
+    code, err = _main(tmp_path, capsys, "--address", f"127.0.0.1:{free_port()}")
+    _assert_rejected(tmp_path, code, err, "--address: nothing answers at 127.0.0.1:")
+    assert time.perf_counter() - start < 15
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        ("worker.max_gpus = 4", "available_node_types.gpu_worker: Additional properties"),
+        ("worker.resources.GPU = 0.5", "resources.GPU: 0.5 is not of type 'integer'"),
+        ("head_node_type = 'cpu_head'", "head_node_type"),
+    ],
+)
+def test_malformed_cluster_yaml(tmp_path, capsys, edit, fragment):
+    cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    worker = cfg["available_node_types"]["gpu_worker"]
+    if edit.startswith("worker.max_gpus"):
+        worker["max_gpus"] = 4
+    elif edit.startswith("worker.resources"):
+        worker["resources"]["GPU"] = 0.5
+    else:
+        cfg["head_node_type"] = "cpu_head"
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, err = _main(tmp_path, capsys, "--check-cluster", str(path))
+    _assert_rejected(tmp_path, code, err, fragment)
+
+
+def test_cluster_yaml_that_is_not_yaml_from_a_real_process(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("cluster_name: x\nprovider: {type: aws\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "--check-cluster", str(path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith("malformed YAML at line 3")
+
+
+def test_non_numeric_flag_from_a_real_process(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "--gpus-per-trial", "half",
+         "--storage", str(tmp_path / "store")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--gpus-per-trial" in out.stderr
+    assert not (tmp_path / "store").exists()
