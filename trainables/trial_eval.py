@@ -1,0 +1,167 @@
+"""The evaluation a trial reports after its last round, as flat metric keys.
+
+Every trial with an `eval_grid`: FGSM and PGD-20 at each eps (`fgsm_eps2_255`, `pgd20_eps0p1`:
+the grid token with '/' -> '_' and '.' -> 'p', so keys are valid pandas columns and Tune
+metrics) plus the gradient-masking checks on that grid. With `final_eval`, on a fixed subset:
+PGD-50 with restarts and AutoAttack at `final_grid`, PGD-20 at eps 0.5 (where a working attack
+must reach about zero), CIFAR-10-C (`cifar10c_mean`, `cifar10c_<corruption>`) and attribution
+robustness (`attr_<method>_<attack>_eps<tag>_<metric>`) for saliency, IG and LIME.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables.attribution_robustness import attribution_robustness_report
+from trainables.attributions import lime_attribution_map, saliency
+from trainables.config import TrialConfig, parse_grid
+from trainables.corruptions import corruption_accuracy, write_cifar10c
+from trainables.data import Splits, cache_dir, subset
+from trainables.evaluate import gradient_masking_checks, make_attack, robust_accuracy
+from trainables.explain import explain_images
+from trainables.segmentation import segment_batch
+
+LARGE_EPS = 0.5  # L-inf 0.5 reaches mid-grey from any image: accuracy must fall to about zero
+ATTR_METRICS = (
+    "topk", "kendall", "spearman", "lens_recall", "lens_precision",
+    "lens_recall_div", "lens_precision_div",
+)  # fmt: skip
+
+
+def eps_tag(token: str) -> str:
+    """'2/255' -> 'eps2_255', '0.1' -> 'eps0p1'."""
+    return "eps" + token.replace("/", "_").replace(".", "p")
+
+
+def _attack_metrics(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: tuple[str, ...],
+    grid: tuple[tuple[str, float], ...],
+    grid_acc: dict[tuple[str, float], float],
+    *,
+    restarts: int = 1,
+    seed: int = 0,
+) -> dict[str, float]:
+    out = {}
+    for name in attacks:
+        for token, eps in grid:
+            attack = make_attack(name, eps, restarts=restarts, seed=seed)
+            acc = robust_accuracy(model, x, y, attack)
+            grid_acc[(name, eps)] = acc
+            out[f"{name}_{eps_tag(token)}"] = acc
+    return out
+
+
+def cifar10c_subset(splits: Splits, n: int) -> Path:
+    """A fixed n-image CIFAR-10-C subset of the test set (15 corruptions x 5 severities),
+    generated once and cached: trials of a study share it."""
+    out_dir = cache_dir() / "cifar10c" / f"n{n}-seed0"
+    if not (out_dir / "labels.npy").exists():  # written last: present means complete
+        x, y = subset(splits.test_x, splits.test_y, n, seed=0)
+        images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        write_cifar10c(images, y.numpy(), out_dir)
+    return out_dir
+
+
+def _cifar10c(cfg: TrialConfig, model: nn.Module, splits: Splits) -> dict[str, float]:
+    acc = corruption_accuracy(model, cifar10c_subset(splits, cfg.cifar10c_images))
+    return {f"cifar10c_{k}": v for k, v in acc.items() if "/" not in k}
+
+
+def lime_attribution(cfg: TrialConfig):
+    """LIME as an attribution function for the attribution-robustness report.
+
+    LIME has no gradient, so the top-k attack takes its steps along the saliency gradient of
+    the model (a transfer attack on LIME's top-k pixels); the maps it is judged on are LIME's.
+    """
+
+    def attribute(model, x, y, create_graph=False):
+        if create_graph:
+            return saliency(model, x, y, create_graph=True)
+        images = x.detach().cpu()
+        segments = segment_batch(images.permute(0, 2, 3, 1).numpy(), cfg.segmentation, cfg.seed)
+        expl = explain_images(
+            model, images, y.cpu(), segments, backend=cfg.lime_backend,
+            num_samples=cfg.lime_samples, seed=cfg.seed,
+        )  # fmt: skip
+        maps = lime_attribution_map(segments, [e.weights for e in expl])
+        return maps.unsqueeze(1).to(x.device)
+
+    return attribute
+
+
+def _attribution(cfg: TrialConfig, model: nn.Module, x, y, grid) -> dict[str, float]:
+    """NaN throughout when the model gets none of the images right (nothing to attack)."""
+    names = [
+        f"attr_{m}_{a}_{eps_tag(t)}_{k}"
+        for m in ("saliency", "ig", "lime") for t, _ in grid for a in ("random", "topk")
+        for k in ATTR_METRICS
+    ]  # fmt: skip
+    model.eval()
+    with torch.no_grad():
+        if not (model(x).argmax(1) == y).any():
+            return dict.fromkeys(names, float("nan"))
+    out = {}
+    k = max(1, x.shape[-1] * x.shape[-2] // 10)  # top 10% of the pixels
+    methods = {"saliency": "saliency", "ig": "ig", "lime": lime_attribution(cfg)}
+    for name, method in methods.items():
+        report = attribution_robustness_report(
+            model, x, y, method=method, eps_list=[eps for _, eps in grid], k=k,
+            steps=cfg.attr_steps, restarts=cfg.attr_restarts, ig_steps=cfg.ig_steps,
+            seed=cfg.seed,
+        )  # fmt: skip
+        for token, eps in grid:
+            for attack in ("random", "topk"):
+                row = report[(attack, float(eps))]
+                for metric in ATTR_METRICS:
+                    out[f"attr_{name}_{attack}_{eps_tag(token)}_{metric}"] = row[metric]
+    return out
+
+
+def trial_evaluation(
+    cfg: TrialConfig, model: nn.Module, splits: Splits, test_x: torch.Tensor, test_y: torch.Tensor
+) -> dict[str, Any]:
+    """The flat metrics of the evaluation after the last round (empty when nothing is asked)."""
+    grid = parse_grid(cfg.eval_grid)
+    if not grid and not cfg.final_eval:
+        return {}
+    device = next(model.parameters()).device
+    grid_acc: dict[tuple[str, float], float] = {}
+    out: dict[str, Any] = _attack_metrics(
+        model, test_x, test_y, ("fgsm", "pgd20"), grid, grid_acc, seed=cfg.seed
+    )
+    if cfg.final_eval:
+        n = cfg.final_eval_subset
+        fx, fy = test_x[:n], test_y[:n]
+        final_grid = parse_grid(cfg.final_grid) or grid
+        # the weaker attacks on the same subset, so the stronger-attack check compares like
+        # with like
+        sub_acc: dict[tuple[str, float], float] = {}
+        _attack_metrics(model, fx, fy, ("fgsm", "pgd20"), final_grid, sub_acc, seed=cfg.seed)
+        out.update(
+            _attack_metrics(
+                model, fx, fy, ("pgd50", "autoattack"), final_grid, sub_acc,
+                restarts=cfg.final_restarts, seed=cfg.seed,
+            )
+        )  # fmt: skip
+        large = _attack_metrics(
+            model, fx, fy, ("pgd20",), ((str(LARGE_EPS), LARGE_EPS),), sub_acc, seed=cfg.seed
+        )
+        out.update(large)
+        violations = gradient_masking_checks(grid_acc) + [
+            f"final subset: {v}" for v in gradient_masking_checks(sub_acc)
+        ]
+        if cfg.cifar10c_images and cfg.dataset == "cifar10":
+            out.update(_cifar10c(cfg, model, splits))
+        if cfg.attr_images:
+            ax, ay = test_x[: cfg.attr_images].to(device), test_y[: cfg.attr_images].to(device)
+            out.update(_attribution(cfg, model, ax, ay, grid or final_grid))
+    else:
+        violations = gradient_masking_checks(grid_acc)
+    out["masking_violations"] = len(violations)
+    out["masking_report"] = "; ".join(violations) or "ok"
+    return out
