@@ -14,7 +14,7 @@ def test_digits_split_is_fixed_stratified_and_in_range():
     a, b = load_splits("digits"), load_splits("digits")
     assert a.train_x.shape[1:] == (1, 8, 8) and len(a.train_x) + len(a.test_x) == 1797
     assert torch.equal(a.test_y, b.test_y)
-    assert 0.0 <= a.train_x.min() and a.train_x.max() <= 1.0
+    assert a.train_x.min() >= 0.0 and a.train_x.max() <= 1.0
     counts = torch.bincount(a.test_y, minlength=10)
     assert counts.min() >= 40  # stratified: every class present in the test split
 
