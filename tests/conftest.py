@@ -31,6 +31,38 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits with the project's fixed split."""
+    from trainables.data import load_splits
+
+    return load_splits("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits):
+    """small_cnn trained 4 epochs with Adam on the 8x8 digits (about 97% test accuracy), in eval().
+
+    Shared by the attack, attribution and objective tests; none of them trains it further."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainables.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(
+        "small_cnn", in_channels=1, num_classes=10, image_size=8, mean=digits.mean, std=digits.std
+    )
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(4):
+        for idx in torch.randperm(len(digits.train_x)).split(64):
+            loss = F.cross_entropy(model(digits.train_x[idx]), digits.train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
 def cifar10_tarball() -> Path:
     if not CIFAR10_TARBALL.exists():
         pytest.skip(f"shared CIFAR-10 copy not found at {CIFAR10_TARBALL}")

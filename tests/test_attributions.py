@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from trainables.attribution_robustness import (
     attribution_robustness_report,
@@ -16,28 +15,8 @@ from trainables.attribution_robustness import (
     topk_intersection,
 )
 from trainables.attributions import integrated_gradients, lime_attribution_map, saliency
-from trainables.data import load_splits
-from trainables.models import build_model
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits_model():
-    """small_cnn trained 4 epochs on the 8x8 digits (about 97% test accuracy), and its data."""
-    torch.manual_seed(0)
-    s = load_splits("digits")
-    model = build_model(
-        "small_cnn", in_channels=1, num_classes=10, image_size=8, mean=s.mean, std=s.std
-    )
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(4):
-        for idx in torch.randperm(len(s.train_x)).split(64):
-            loss = F.cross_entropy(model(s.train_x[idx]), s.train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval(), s
 
 
 def test_saliency_of_a_linear_model_is_its_weight_row():
@@ -47,8 +26,8 @@ def test_saliency_of_a_linear_model_is_its_weight_row():
     torch.testing.assert_close(saliency(model, x, y), expected)
 
 
-def test_integrated_gradients_completeness(digits_model):
-    model, s = digits_model
+def test_integrated_gradients_completeness(digits_model, digits):
+    model, s = digits_model, digits
     x, y = s.test_x[:32], s.test_y[:32]
     ig = integrated_gradients(model, x, y, steps=50)
     with torch.no_grad():
@@ -132,8 +111,8 @@ def test_random_noise_attack_is_bounded_and_seeded():
     assert torch.equal(x_adv, random_noise_attack(x, 0.1, seed=3))
 
 
-def test_topk_attack_keeps_labels_and_beats_random_noise(digits_model):
-    model, s = digits_model
+def test_topk_attack_keeps_labels_and_beats_random_noise(digits_model, digits):
+    model, s = digits_model, digits
     x, y = s.test_x[:24], s.test_y[:24]
     keep = model(x).argmax(1) == y
     x, y, eps, k = x[keep], y[keep], 8 / 255, 8
@@ -150,8 +129,8 @@ def test_topk_attack_keeps_labels_and_beats_random_noise(digits_model):
     )
 
 
-def test_attribution_robustness_report(digits_model):
-    model, s = digits_model
+def test_attribution_robustness_report(digits_model, digits):
+    model, s = digits_model, digits
     report = attribution_robustness_report(
         model, s.test_x[:16], s.test_y[:16], method="ig", eps_list=(2 / 255, 8 / 255), k=8,
         steps=5, restarts=1, ig_steps=8,

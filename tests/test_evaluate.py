@@ -2,10 +2,8 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from trainables.data import load_splits
 from trainables.evaluate import (
     final_evaluation,
     gradient_masking_checks,
@@ -13,33 +11,14 @@ from trainables.evaluate import (
     robust_accuracy,
     robustness_grid,
 )
-from trainables.models import build_model
 
 torch.set_num_threads(1)
 EPS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 @pytest.fixture(scope="module")
-def digits_model():
-    """small_cnn trained 4 epochs on the 8x8 digits (about 97% test accuracy), and its data."""
-    torch.manual_seed(0)
-    s = load_splits("digits")
-    model = build_model(
-        "small_cnn", in_channels=1, num_classes=10, image_size=8, mean=s.mean, std=s.std
-    )
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(4):
-        for idx in torch.randperm(len(s.train_x)).split(64):
-            loss = F.cross_entropy(model(s.train_x[idx]), s.train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval(), s
-
-
-@pytest.fixture(scope="module")
-def grid(digits_model):
-    model, s = digits_model
+def grid(digits_model, digits):
+    model, s = digits_model, digits
     return robustness_grid(model, s.test_x[:200], s.test_y[:200], EPS, ("fgsm", "pgd20"))
 
 
@@ -66,8 +45,8 @@ class _Quantize(nn.Module):
         return torch.round(x * 3) / 3
 
 
-def test_masked_gradients_are_flagged(digits_model):
-    model, s = digits_model
+def test_masked_gradients_are_flagged(digits_model, digits):
+    model, s = digits_model, digits
     masked = nn.Sequential(_Quantize(), model).eval()
     g = robustness_grid(masked, s.test_x[:100], s.test_y[:100], (0.1, 0.5), ("fgsm", "pgd10"))
     flags = gradient_masking_checks(g)
@@ -99,8 +78,8 @@ def test_make_attack_names():
         make_attack("cw", 0.1)
 
 
-def test_autoattack_never_beats_pgd_and_final_evaluation(digits_model):
-    model, s = digits_model
+def test_autoattack_never_beats_pgd_and_final_evaluation(digits_model, digits):
+    model, s = digits_model, digits
     x, y = s.test_x[:32], s.test_y[:32]
     result = final_evaluation(model, x, y, eps=0.1, eps_list=(0.05, 0.1, 0.5), pgd_restarts=2)
     assert result["autoattack"] <= result["pgd50"] <= result["grid"][("pgd20", 0.1)] + 1 / 32

@@ -144,6 +144,7 @@ def test_diverging_trial_errors_with_its_reason_and_the_study_completes(head, tm
         json.dumps(
             {
                 "searcher": "random",  # seed 0 draws lr 10 then 0.05 (checked below)
+                "baselines": [],
                 "trial": json.loads(write_config(tmp_path / "t.yaml").read_text())["trial"],
                 "search": {
                     "mask_ratio": None,

@@ -113,7 +113,9 @@ def sweep(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def write_config(path: Path, **trial) -> Path:
-    path.write_text(json.dumps({"trial": {**TINY_TRIAL, **trial}}))  # JSON is YAML
+    """A tiny study config with no baselines: these tests are about the searched trials."""
+    config = {"baselines": [], "trial": {**TINY_TRIAL, **trial}}
+    path.write_text(json.dumps(config))  # JSON is YAML
     return path
 
 

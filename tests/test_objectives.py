@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from trainables.attacks import PGD
-from trainables.data import load_splits
 from trainables.models import build_model
 from trainables.objectives import (
     ig_norm_loss,
@@ -31,28 +30,8 @@ LOSSES = {
 }
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_splits("digits")
-
-
 def _model(s, arch="small_cnn"):
     return build_model(arch, in_channels=1, num_classes=10, image_size=8, mean=s.mean, std=s.std)
-
-
-@pytest.fixture(scope="module")
-def digits_model(digits):
-    """small_cnn trained 4 epochs on the 8x8 digits (about 97% test accuracy)."""
-    torch.manual_seed(0)
-    model = _model(digits)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(4):
-        for idx in torch.randperm(len(digits.train_x)).split(64):
-            loss = F.cross_entropy(model(digits.train_x[idx]), digits.train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
 
 
 def test_loss_ig_completeness(digits_model, digits):

@@ -9,17 +9,11 @@ import torch.nn.functional as F
 from trainables import objectives
 from trainables.attacks import PGD
 from trainables.config import ConfigError, make_trial_config, parse_grid
-from trainables.data import load_splits
 from trainables.explain import Explanation
 from trainables.models import build_model
 from trainables.refine import lime_weight_maps, mask_superpixels, refine, training_loss
 
 SPEC = {"in_channels": 1, "num_classes": 10, "image_size": 8, "mean": (0.5,), "std": (0.25,)}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_splits("digits")
 
 
 def _batch(n: int = 16):
