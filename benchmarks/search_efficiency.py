@@ -49,9 +49,10 @@ def run_digits_study(searcher: str, seed: int, num_samples: int, storage: str) -
         "searcher": searcher,
         "seed": seed,
         "num_samples": num_samples,
+        "baselines": [],  # the same for both searchers: not what is compared
     }
     try:
-        return str(run_study(load_config(None, overrides)))
+        return str(run_study(load_config(None, overrides), address="local"))
     finally:
         ray.shutdown()  # run_study starts (or joins) Ray itself, once per study
 
