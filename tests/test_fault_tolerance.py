@@ -69,6 +69,7 @@ def _alive_train_worker_pid(head: RayNode) -> int | None:
     return actors[0].pid if actors else None
 
 
+@pytest.mark.slow  # a 6-round trial killed and resumed: ~1 min on 2 cores
 def test_killed_train_worker_resumes_from_its_last_checkpoint(head, tmp_path):
     config = write_config(tmp_path / "c.yaml", rounds=6)
     storage = tmp_path / "s"
@@ -138,6 +139,7 @@ def test_killed_driver_resumes_with_finished_trials_and_optuna_state_kept(head, 
     assert values == sorted(zip(trials["clean_acc"], trials["robust_acc"], strict=True))
 
 
+@pytest.mark.slow  # two trials, one diverging: ~1 min on 2 cores
 def test_diverging_trial_errors_with_its_reason_and_the_study_completes(head, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(

@@ -148,6 +148,7 @@ def two_nodes():
         head.stop()
 
 
+@pytest.mark.slow  # two `ray start` nodes and a sweep: ~2 min on 2 cores
 def test_sweep_runs_trials_on_both_nodes(two_nodes, tmp_path):
     head, _ = two_nodes
     config = write_config(tmp_path / "tiny.yaml", cpus_per_worker=1.5, cpus_per_lime_actor=0.5)
@@ -185,6 +186,7 @@ def _fit(ray_local, tmp_path, name: str, num_workers: int) -> dict:
     return trainer.fit().metrics
 
 
+@pytest.mark.slow  # two Train runs: ~1 min on 2 cores
 def test_two_workers_match_one_worker_at_the_same_global_batch(ray_local, tmp_path):
     """Gradients are averaged over ranks, so two workers take the same steps as one, up to the
     random PGD starts and LIME draws, which depend on how the batch and pool are split. Stated
