@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(
         None,
         {"preset": args.preset, "name": "overhead", "storage": storage, "num_samples": 1,
-         "search": fixed, "trial": trial},
+         "search": fixed, "trial": trial, "baselines": []},
     )  # fmt: skip
     cfg = with_gpus_per_trial(cfg, args.gpus_per_trial)
     device = "cuda" if cfg.trial.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
