@@ -9,17 +9,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from trainables.attacks import NORMS
 from trainables.data import DATASETS
+from trainables.explain import BACKENDS
 from trainables.models import ARCHITECTURES
+from trainables.segmentation import SEGMENTATIONS
 
 METHODS = ("lime_refine", "erm", "pgd_at", "ig_norm", "ig_sum_norm", "trades")
 MASK_STRATEGIES = ("least_important", "most_important")
 MASK_FILLS = ("mean", "zero", "blur")
 REG_WEIGHTINGS = ("uniform", "lime")
 TRAIN_ATTACKS = ("pgd", "fgsm", "none")
-ATTACK_NORMS = ("linf", "l2")
-SEGMENTATIONS = ("auto", "grid", "quickshift", "slic")
-LIME_BACKENDS = ("lime", "torch")
 
 
 class ConfigError(ValueError):
@@ -105,7 +105,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "weight_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "pool_size": (lambda v: 0 <= v <= 1_000_000, "must be in [0, 1000000]"),
     "lime_samples": (lambda v: 10 <= v <= 100_000, "must be in [10, 100000]"),
-    "lime_backend": (lambda v: v in LIME_BACKENDS, f"must be one of {LIME_BACKENDS}"),
+    "lime_backend": (lambda v: v in BACKENDS, f"must be one of {BACKENDS}"),
     "segmentation": (lambda v: v in SEGMENTATIONS, f"must be one of {SEGMENTATIONS}"),
     "lime_actors": (lambda v: 1 <= v <= 1024, "must be in [1, 1024]"),
     "cpus_per_lime_actor": (lambda v: 0 < v <= 256, "must be in (0, 256]"),
@@ -115,7 +115,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "reg_weight": (lambda v: 0 <= v <= 1e4, "must be in [0, 10000]"),
     "reg_weighting": (lambda v: v in REG_WEIGHTINGS, f"must be one of {REG_WEIGHTINGS}"),
     "train_attack": (lambda v: v in TRAIN_ATTACKS, f"must be one of {TRAIN_ATTACKS}"),
-    "attack_norm": (lambda v: v in ATTACK_NORMS, f"must be one of {ATTACK_NORMS}"),
+    "attack_norm": (lambda v: v in NORMS, f"must be one of {NORMS}"),
     "epsilon": (lambda v: 0 <= v <= 1, "must be in [0, 1] (pixel units)"),
     "attack_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
     "baseline_weight": (lambda v: 0 <= v <= 1e4, "must be in [0, 10000]"),
