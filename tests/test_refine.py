@@ -11,7 +11,13 @@ from trainables.attacks import PGD
 from trainables.config import ConfigError, make_trial_config, parse_grid
 from trainables.explain import Explanation
 from trainables.models import build_model
-from trainables.refine import lime_weight_maps, mask_superpixels, refine, training_loss
+from trainables.refine import (
+    lime_weight_maps,
+    mask_superpixels,
+    penalty_warmup,
+    refine,
+    training_loss,
+)
 
 SPEC = {"in_channels": 1, "num_classes": 10, "image_size": 8, "mean": (0.5,), "std": (0.25,)}
 
@@ -82,6 +88,20 @@ def test_penalty_adds_weighted_input_gradient_norm():
     # uniform weighting ignores the map
     _, ignored = _loss(model, x, y, weight_map=twos, reg_weighting="uniform", **off)
     torch.testing.assert_close(ignored, uniform)
+
+
+def test_penalty_warms_up_linearly_then_stays_at_full_weight():
+    cfg = make_trial_config({"reg_warmup_epochs": 2.0})
+    assert [penalty_warmup(cfg, step, 10) for step in (0, 10, 20, 35)] == [0.0, 0.5, 1.0, 1.0]
+    assert penalty_warmup(make_trial_config({"reg_warmup_epochs": 0.0}), 0, 10) == 1.0
+    # reg_scale multiplies the penalty term only; 0 leaves the adversarial cross-entropy
+    model, x, y = _batch()
+    clean = F.cross_entropy(model(x), y)
+    plain = objectives.input_gradient_penalty(model, x, y)
+    cfg = make_trial_config({"train_attack": "none", "reg_weight": 0.5, "reg_weighting": "uniform"})
+    w = torch.ones(len(x), 1, 8, 8)
+    torch.testing.assert_close(training_loss(cfg, model, x, y, w, 3, 0.5), clean + 0.25 * plain)
+    torch.testing.assert_close(training_loss(cfg, model, x, y, w, 3, 0.0), clean)
 
 
 def test_l2_needs_pgd_and_width_needs_fast_cnn():

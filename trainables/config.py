@@ -59,6 +59,7 @@ class TrialConfig:
     # sensitivity regularization (input-gradient penalty)
     reg_weight: float = 0.1
     reg_weighting: str = "lime"
+    reg_warmup_epochs: float = 1.0  # the penalty weight ramps up from 0 over these epochs
     # adversarial training of lime_refine and pgd_at (epsilon in pixel units, in attack_norm)
     train_attack: str = "pgd"
     attack_norm: str = "linf"
@@ -114,6 +115,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "mask_fill": (lambda v: v in MASK_FILLS, f"must be one of {MASK_FILLS}"),
     "reg_weight": (lambda v: 0 <= v <= 1e4, "must be in [0, 10000]"),
     "reg_weighting": (lambda v: v in REG_WEIGHTINGS, f"must be one of {REG_WEIGHTINGS}"),
+    "reg_warmup_epochs": (lambda v: 0 <= v <= 1000, "must be in [0, 1000] (0 = no warm-up)"),
     "train_attack": (lambda v: v in TRAIN_ATTACKS, f"must be one of {TRAIN_ATTACKS}"),
     "attack_norm": (lambda v: v in NORMS, f"must be one of {NORMS}"),
     "epsilon": (lambda v: 0 <= v <= 1, "must be in [0, 1] (pixel units)"),
