@@ -1,0 +1,27 @@
+"""The reproduction script end to end at its smoke scale, and the seed spread read back from it."""
+
+import json
+
+from benchmarks import reproduce_cifar10, seed_spread
+
+
+def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_path):
+    out = tmp_path / "repro"
+    args = ["--data", str(cifar10_tarball), "--scale", "smoke", "--rows", "erm,lime_refine"]
+    assert reproduce_cifar10.main([*args, "--out", str(out), "--threads", "1"]) == 0
+
+    result = json.loads((out / "results.json").read_text())
+    assert list(result["rows"]) == ["erm", "lime_refine"]
+    assert len(result["sweep"]["results"]) == len(reproduce_cifar10.SWEEP)
+    best = result["rows"]["lime_refine"]["config"]
+    assert {k: best[k] for k in result["sweep"]["best"]} == result["sweep"]["best"]
+    for row in result["rows"].values():
+        m = row["metrics"]
+        assert 0 <= m["pgd20_eps8_255"] <= m["pgd20_eps1_255"] <= m["clean_acc"] <= 1
+        assert "autoattack_eps2_255" in m and "cifar10c_mean" in m
+    table = (out / "table.md").read_text()
+    assert "| erm |" in table and "| lime_refine |" in table
+
+    spread = seed_spread.main([str(out / "results.json"), "--seeds", "1", "--rows", "erm"])
+    assert [(s["row"], s["seed"]) for s in spread] == [("erm", 1)]
+    assert 0 <= spread[0]["robust_acc"] <= spread[0]["clean_acc"] <= 1
