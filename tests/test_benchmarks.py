@@ -2,13 +2,17 @@
 
 import json
 
+import torch
+
 from benchmarks import reproduce_cifar10, seed_spread
 
 
 def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_path):
     out = tmp_path / "repro"
+    # both scripts set torch's thread count: keep this process's, so later tests see no change
+    threads = ["--threads", str(torch.get_num_threads())]
     args = ["--data", str(cifar10_tarball), "--scale", "smoke", "--rows", "erm,lime_refine"]
-    assert reproduce_cifar10.main([*args, "--out", str(out), "--threads", "1"]) == 0
+    assert reproduce_cifar10.main([*args, "--out", str(out), *threads]) == 0
 
     result = json.loads((out / "results.json").read_text())
     assert list(result["rows"]) == ["erm", "lime_refine"]
@@ -22,6 +26,8 @@ def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_
     table = (out / "table.md").read_text()
     assert "| erm |" in table and "| lime_refine |" in table
 
-    spread = seed_spread.main([str(out / "results.json"), "--seeds", "1", "--rows", "erm"])
+    spread = seed_spread.main(
+        [str(out / "results.json"), "--seeds", "1", "--rows", "erm", *threads]
+    )
     assert [(s["row"], s["seed"]) for s in spread] == [("erm", 1)]
     assert 0 <= spread[0]["robust_acc"] <= spread[0]["clean_acc"] <= 1
