@@ -70,13 +70,13 @@ SWEEP = (
 )  # fmt: skip
 
 
-def base_config(scale: str, data: str, device: str) -> dict[str, Any]:
+def base_config(scale: str, data: str, device: str, final_grid: str = HEADLINE) -> dict[str, Any]:
     eps = 2 / 255
     return {
         "dataset": "cifar10", "data_dir": data, "model": "fast_cnn", "lr": 0.05,
         "lime_backend": "torch", "segmentation": "slic", "epsilon": eps, "eval_epsilon": eps,
         # IG-NORM's lambda: Chen et al.'s setting for natural RGB images (Flower, eps 8/255)
-        "baseline_weight": 0.1, "eval_grid": ",".join(GRID), "final_grid": HEADLINE,
+        "baseline_weight": 0.1, "eval_grid": ",".join(GRID), "final_grid": final_grid,
         "gpus_per_worker": 1.0 if device == "cuda" else 0.0, "seed": 0, **SCALES[scale],
     }  # fmt: skip
 
@@ -113,18 +113,20 @@ def _pct(v: float | None) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     """The robustness table and the attribution table, from the JSON result."""
-    head = f"eps{HEADLINE.replace('/', '_')}"
+    final = result.get("final_grid", HEADLINE).split(",")
+    restarts = result["scale_settings"]["final_restarts"]
     cols = ["clean"] + [f"FGSM {g}" for g in GRID] + [f"PGD-20 {g}" for g in GRID]
-    cols += [f"PGD-50×{result['scale_settings']['final_restarts']} {HEADLINE}",
-             f"AutoAttack {HEADLINE}", "C10-C mean", "masking checks", "wall (s)"]  # fmt: skip
+    cols += [f"PGD-50×{restarts} {g}" for g in final] + [f"AutoAttack {g}" for g in final]
+    cols += ["C10-C mean", "masking checks", "wall (s)"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in result["rows"].items():
         m = row["metrics"]
         cells = [_pct(m["clean_acc"])]
         cells += [_pct(m.get(f"fgsm_{eps_tag(g)}")) for g in GRID]
         cells += [_pct(m.get(f"pgd20_{eps_tag(g)}")) for g in GRID]
-        cells += [_pct(m.get(f"pgd50_{head}")), _pct(m.get(f"autoattack_{head}")),
-                  _pct(m.get("cifar10c_mean")),
+        cells += [_pct(m.get(f"pgd50_{eps_tag(g)}")) for g in final]
+        cells += [_pct(m.get(f"autoattack_{eps_tag(g)}")) for g in final]
+        cells += [_pct(m.get("cifar10c_mean")),
                   "pass" if m["masking_violations"] == 0 else m["masking_report"],
                   f"{row['wall_seconds']:.0f}"]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -150,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {ROWS}")
     p.add_argument("--out", default="results/reproduce_cifar10")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--final-grid",
+        default=HEADLINE,
+        help="eps for PGD-50 and AutoAttack, comma-separated (e.g. the whole grid)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -159,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     splits = load_splits("cifar10", args.data)
-    base = base_config(args.scale, args.data, device)
+    base = base_config(args.scale, args.data, device, args.final_grid)
     result: dict[str, Any] = {
         "command": command, "scale": args.scale, "scale_settings": SCALES[args.scale],
         "device": device, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__, "paper": PAPER, "rows": {},
+        "torch": torch.__version__, "paper": PAPER, "final_grid": args.final_grid, "rows": {},
     }  # fmt: skip
     t = time.perf_counter()
     cifar10c_subset(splits, base["cifar10c_images"])
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         row["command"] = (
             f"python -m benchmarks.reproduce_cifar10 --data {args.data} --scale {args.scale} "
             f"--rows {name}"
+            + (f" --final-grid {args.final_grid}" if args.final_grid != HEADLINE else "")
         )
         result["rows"][name] = row
         m = row["metrics"]
