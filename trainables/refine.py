@@ -2,8 +2,9 @@
 
 One round: explain a pool of training images with LIME, hide the superpixels the explanations
 rank lowest (`mask_ratio`), then train `epochs_per_round` epochs on the clean and masked images
-with PGD adversarial training at `epsilon` and an input-gradient penalty (`reg_weight`) that is
-weighted toward the superpixels LIME marks irrelevant; evaluate; report and checkpoint.
+with PGD adversarial training at `epsilon` and an input-gradient penalty (`reg_weight`, ramped up
+over the first `reg_warmup_epochs`) that is weighted toward the superpixels LIME marks
+irrelevant; evaluate; report and checkpoint.
 
 `refine` is plain PyTorch (callable directly, as the tests and the overhead benchmark do);
 `train_loop_per_worker` runs it inside a Ray Train worker with the explanation pool on Ray actors.
