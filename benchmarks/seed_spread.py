@@ -10,14 +10,13 @@ reports them. A difference between rows smaller than this spread is not a result
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.reproduce_cifar10 import run_row
 from trainables.config import make_trial_config
 from trainables.data import load_splits
-from trainables.refine import refine
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -29,6 +28,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as reproduce_cifar10 trains
     rows = json.loads(Path(args.results).read_text())["rows"]
     names = args.rows.split(",") if args.rows else list(rows)
     splits = None
@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         splits = splits or load_splits(config["dataset"], config["data_dir"])
         for seed in args.seeds:
             cfg = make_trial_config({**config, "seed": seed, "eval_grid": "", "final_eval": False})
-            t0 = time.perf_counter()
-            m = refine(cfg, splits=splits)
+            result = run_row(cfg, splits, device)
+            m = result["metrics"]
             out.append({"row": name, "seed": seed, "clean_acc": m["clean_acc"],
                         "robust_acc": m["robust_acc"],
-                        "seconds": round(time.perf_counter() - t0)})  # fmt: skip
+                        "seconds": round(result["wall_seconds"])})  # fmt: skip
             print(json.dumps(out[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
