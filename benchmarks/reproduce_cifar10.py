@@ -97,13 +97,14 @@ def sweep(base: dict[str, Any], splits, device: str) -> tuple[dict[str, Any], li
     15 to 25% clean accuracy and the ranking was noise.)"""
     results = []
     for point in SWEEP:
-        cfg = make_trial_config({**base, **point, "eval_grid": "", "final_eval": False})
+        cfg = make_trial_config({**base, **point, "stage": "search"})  # selects on validation
         out = run_row(cfg, splits, device)
         m = out["metrics"]
-        keep = ("clean_acc", "robust_acc")
+        keep = ("val_clean_acc", "val_robust_acc")
         results.append({"point": point, **{k: m[k] for k in keep}, "wall": out["wall_seconds"]})
-        print(f"sweep {point}: clean {m['clean_acc']:.3f} robust {m['robust_acc']:.3f}", flush=True)
-    best = max(results, key=lambda r: r["clean_acc"] + r["robust_acc"])
+        print(f"sweep {point}: val clean {m['val_clean_acc']:.3f} robust "
+              f"{m['val_robust_acc']:.3f}", flush=True)  # fmt: skip
+    best = max(results, key=lambda r: r["val_clean_acc"] + r["val_robust_acc"])
     return best["point"], results
 
 
@@ -121,13 +122,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in result["rows"].items():
         m = row["metrics"]
-        cells = [_pct(m["clean_acc"])]
-        cells += [_pct(m.get(f"fgsm_{eps_tag(g)}")) for g in GRID]
-        cells += [_pct(m.get(f"pgd20_{eps_tag(g)}")) for g in GRID]
-        cells += [_pct(m.get(f"pgd50_{eps_tag(g)}")) for g in final]
-        cells += [_pct(m.get(f"autoattack_{eps_tag(g)}")) for g in final]
-        cells += [_pct(m.get("cifar10c_mean")),
-                  "pass" if m["masking_violations"] == 0 else m["masking_report"],
+        cells = [_pct(m["test_clean_acc"])]
+        cells += [_pct(m.get(f"test_fgsm_{eps_tag(g)}")) for g in GRID]
+        cells += [_pct(m.get(f"test_pgd20_{eps_tag(g)}")) for g in GRID]
+        cells += [_pct(m.get(f"test_pgd50_{eps_tag(g)}")) for g in final]
+        cells += [_pct(m.get(f"test_autoattack_{eps_tag(g)}")) for g in final]
+        cells += [_pct(m.get("test_cifar10c_mean")),
+                  "pass" if m["test_masking_violations"] == 0 else m["test_masking_report"],
                   f"{row['wall_seconds']:.0f}"]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Attribution robustness (top-k attack / random noise, 8/255; mean over the "
@@ -138,7 +139,7 @@ def markdown(result: dict[str, Any]) -> str:
     for name, row in result["rows"].items():
         for attr in ("saliency", "ig", "lime"):
             for attack in ("topk", "random"):
-                key = f"attr_{attr}_{attack}_{eps_tag('8/255')}_"
+                key = f"test_attr_{attr}_{attack}_{eps_tag('8/255')}_"
                 vals = [row["metrics"].get(key + k) for k in metrics]
                 cells = ["—" if v is None else f"{v:.3f}" for v in vals]
                 lines.append(f"| {name} | {attr} | {attack} | " + " | ".join(cells) + " |")
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     cifar10c_subset(splits, base["cifar10c_images"])
     result["cifar10c_generation_seconds"] = time.perf_counter() - t
     for name in args.rows.split(","):
-        values = {**base, "method": name, "final_eval": True}
+        values = {**base, "method": name, "stage": "confirm"}  # evaluated on the test split
         if name == "lime_refine":
             t = time.perf_counter()
             best, results = sweep(base, splits, device)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["rows"][name] = row
         m = row["metrics"]
-        print(f"{name}: clean {m['clean_acc']:.3f} pgd20@2/255 {m['pgd20_eps2_255']:.3f} "
+        print(f"{name}: clean {m['test_clean_acc']:.3f} pgd20@2/255 {m['test_pgd20_eps2_255']:.3f} "
               f"wall {row['wall_seconds']:.0f}s", flush=True)  # fmt: skip
         result["total_seconds"] = time.perf_counter() - t0
         (out / "results.json").write_text(json.dumps(result, indent=1, default=str))

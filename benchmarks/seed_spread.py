@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         config = rows[name]["config"]
         splits = splits or load_splits(config["dataset"], config["data_dir"])
         for seed in args.seeds:
-            cfg = make_trial_config({**config, "seed": seed, "eval_grid": "", "final_eval": False})
+            cfg = make_trial_config({**config, "seed": seed, "stage": "search"})
             result = run_row(cfg, splits, device)
             m = result["metrics"]
-            out.append({"row": name, "seed": seed, "clean_acc": m["clean_acc"],
-                        "robust_acc": m["robust_acc"],
+            out.append({"row": name, "seed": seed, "val_clean_acc": m["val_clean_acc"],
+                        "val_robust_acc": m["val_robust_acc"],
                         "seconds": round(result["wall_seconds"])})  # fmt: skip
             print(json.dumps(out[-1]), flush=True)
     if args.json:

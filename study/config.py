@@ -24,6 +24,13 @@ from trainables.config import (
 )
 
 SEARCHERS = ("optuna", "random")
+# Seeds: replicate r of any configuration trains with seed + r (configurations and baselines
+# share seeds, so comparisons are paired), and confirmation seed j with seed +
+# CONFIRM_SEED_OFFSET + j, seeds the search never used (replicates stay below the offset).
+MAX_REPLICATES = 1_000
+CONFIRM_SEED_OFFSET = 10_000
+# Selection happens on validation; the test split is read by the confirmation stage only.
+DEFAULT_OBJECTIVES = {"val_clean_acc": "max", "val_robust_acc": "max"}
 BASELINE_METHODS = tuple(m for m in METHODS if m != "lime_refine")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 
@@ -52,14 +59,16 @@ class StudyConfig:
     max_concurrent_trials: int | None = None
     searcher: str = "optuna"
     seed: int = 0
-    objectives: dict[str, str] = field(
-        default_factory=lambda: {"clean_acc": "max", "robust_acc": "max"}
-    )
+    objectives: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
     search: dict[str, ParamSpec] = field(default_factory=dict)
     trial: TrialConfig = field(default_factory=TrialConfig)
-    # Methods trained once each, with the fixed trial settings, beside the search (in
-    # study_dir/baselines), so every front is read against them.
+    # Methods trained with the fixed trial settings beside the search (in study_dir/baselines),
+    # so every front is read against them.
     baselines: tuple[str, ...] = ()
+    # Seeds per configuration (searched ones and baselines); the searcher sees their mean.
+    replicates: int = 2
+    # Fresh seeds with which the front and the baselines are re-trained and tested (0 = skip).
+    confirm_seeds: int = 3
 
     @property
     def study_dir(self) -> str:
@@ -136,8 +145,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 STUDY_KEYS = {
     "name", "storage", "preset", "num_samples", "max_concurrent_trials", "searcher",
-    "seed", "objectives", "search", "trial", "baselines",
+    "seed", "objectives", "search", "trial", "baselines", "replicates", "confirm_seeds",
 }  # fmt: skip
+
+
+def replicate_seed(study_seed: int, replicate: int) -> int:
+    return study_seed + replicate
+
+
+def confirm_seed(study_seed: int, index: int) -> int:
+    return study_seed + CONFIRM_SEED_OFFSET + index
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -237,12 +256,17 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
     searcher = values.get("searcher", "optuna")
     if searcher not in SEARCHERS:
         raise ConfigError(f"searcher: must be one of {SEARCHERS}, got {searcher!r}")
-    objectives = values.get("objectives", {"clean_acc": "max", "robust_acc": "max"})
+    objectives = values.get("objectives", DEFAULT_OBJECTIVES)
     if not isinstance(objectives, dict) or not objectives:
         raise ConfigError("objectives: expected a mapping of metric name to max/min")
     for metric, mode in objectives.items():
         if mode not in ("max", "min"):
             raise ConfigError(f"objectives.{metric}: must be max or min, got {mode!r}")
+        if not str(metric).startswith("val_"):
+            raise ConfigError(
+                f"objectives.{metric}: the search selects on validation metrics (val_*) only; "
+                "the test split is read by the confirmation stage"
+            )
     trial = values.get("trial") or {}
     if isinstance(trial, dict) and isinstance(trial.get("data_dir"), str):
         data_dir = trial["data_dir"]  # workers run elsewhere: make a local path absolute
@@ -272,6 +296,8 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
         search={k: _param_spec(k, v) for k, v in search.items() if v is not None},
         trial=make_trial_config(trial),
         baselines=tuple(baselines),
+        replicates=_check_int("replicates", values.get("replicates", 2), 1, MAX_REPLICATES),
+        confirm_seeds=_check_int("confirm_seeds", values.get("confirm_seeds", 3), 0, 1000),
     )
 
 

@@ -17,14 +17,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from study.config import ConfigError, StudyConfig, build_study_config, load_config, read_yaml
+from study.config import (
+    ConfigError,
+    StudyConfig,
+    build_study_config,
+    load_config,
+    read_yaml,
+    replicate_seed,
+)
+from study.confirm import CONFIRMATION_DIR, front_ids_of, run_confirmation
 from trainables.config import make_trial_config
 from trainables.data import DataError, load_splits
 
 STUDY_FILE = "study.json"
 TRAIN_RUNS_DIR = "train_runs"
 BASELINES_DIR = "baselines"
-RESULT_FILES = ("trials.csv", "pareto.csv", "pareto.png")
+RESULT_FILES = ("trials.csv", "configs.csv", "pareto.csv", "pareto.png")
+# Reported beside the objectives: the parts of the worst-case robust accuracy.
+VAL_METRICS = ("val_clean_acc", "val_robust_acc", "val_pgd_acc", "val_blackbox_acc")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +53,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CIFAR data: torchvision's folder, an ImageFolder tree with train/ and test/, "
         "or its .tar.gz (default: download with torchvision into the cache)",
     )
-    p.add_argument("--num-samples", type=int, metavar="N", help="number of trials")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        metavar="N",
+        help="number of configurations the searcher proposes",
+    )
+    p.add_argument(
+        "--replicates",
+        type=int,
+        metavar="K",
+        help="seeds per configuration (and per baseline); the searcher sees their mean (default 2)",
+    )
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        metavar="M",
+        help="fresh seeds with which the front and the baselines are re-trained and evaluated on "
+        "the test split after the search (default 3; 0 skips the confirmation)",
+    )
     p.add_argument(
         "--storage",
         metavar="PATH",
@@ -95,6 +123,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["num_samples"] = args.num_samples
     if args.max_concurrent_trials is not None:
         out["max_concurrent_trials"] = args.max_concurrent_trials
+    if args.replicates is not None:
+        out["replicates"] = args.replicates
+    if args.confirm_seeds is not None:
+        out["confirm_seeds"] = args.confirm_seeds
     trial: dict[str, Any] = {}
     if args.dataset is not None:
         trial["dataset"] = args.dataset
@@ -175,7 +207,7 @@ def check_data(cfg: StudyConfig) -> None:
     if t.data_dir is None or _is_remote(t.data_dir):
         return
     try:
-        load_splits(t.dataset, t.data_dir, seed=t.seed)
+        load_splits(t.dataset, t.data_dir, val_size=t.val_size, with_test=False)
     except DataError as e:
         raise ConfigError(f"--data-dir: {e}") from e
 
@@ -240,10 +272,13 @@ def search_space(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def make_searcher(cfg: StudyConfig):
-    """Optuna through Ray Tune, multi-objective: metric and mode are lists, set only here
-    (setting them on TuneConfig too would silently make the study single-objective)."""
+    """Optuna through Ray Tune, multi-objective (metric and mode are lists, set only here:
+    setting them on TuneConfig too would silently make the study single-objective), wrapped so
+    each configuration runs `replicates` times and Optuna sees the mean."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
+
+    from study.replicates import ReplicateSearcher
 
     if cfg.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
@@ -253,9 +288,10 @@ def make_searcher(cfg: StudyConfig):
         sampler = optuna.samplers.TPESampler(
             seed=cfg.seed, multivariate=True, n_startup_trials=max(2, cfg.num_samples // 3)
         )
-    return OptunaSearch(
+    optuna_search = OptunaSearch(
         metric=list(cfg.objectives), mode=list(cfg.objectives.values()), sampler=sampler
     )
+    return ReplicateSearcher(optuna_search, cfg.replicates, cfg.trial.seed)
 
 
 def trial_resources(cfg: StudyConfig) -> dict[str, float]:
@@ -292,9 +328,12 @@ def _trainable(cfg: StudyConfig):
 
 
 def _tuner(cfg: StudyConfig, path: str, param_space: dict, search_alg, num_samples: int):
-    """A new Tuner at path, or the one already there (resumed with Optuna's state)."""
-    import ray
+    """A new Tuner at path, or the one already there (resumed with its searcher's state).
+
+    search_alg: a Searcher (Tune limits its concurrency to max_concurrent_trials) or a
+    BasicVariantGenerator that limits its own."""
     from ray import tune
+    from ray.tune.search import Searcher
 
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(
@@ -307,8 +346,7 @@ def _tuner(cfg: StudyConfig, path: str, param_space: dict, search_alg, num_sampl
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
             num_samples=num_samples,
-            max_concurrent_trials=cfg.max_concurrent_trials
-            or default_concurrency(cfg, ray.cluster_resources()),
+            max_concurrent_trials=_concurrency(cfg) if isinstance(search_alg, Searcher) else None,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
@@ -317,17 +355,47 @@ def _tuner(cfg: StudyConfig, path: str, param_space: dict, search_alg, num_sampl
     )
 
 
+def _concurrency(cfg: StudyConfig) -> int:
+    import ray
+
+    return cfg.max_concurrent_trials or default_concurrency(cfg, ray.cluster_resources())
+
+
+def _fixed_trials_tuner(cfg: StudyConfig, path: str, points: list[dict[str, Any]]):
+    """A Tuner that runs exactly these (complete) trial configs, in order: baselines and the
+    confirmation. Each point is a whole config, so the param_space is empty."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=_concurrency(cfg))
+    return _tuner(cfg, path, {}, generator, len(points))
+
+
 def make_tuner(cfg: StudyConfig):
-    """The search: Optuna samples the searched keys, the rest of the trial config is fixed."""
-    return _tuner(cfg, cfg.study_dir, search_space(cfg), make_searcher(cfg), cfg.num_samples)
+    """The search: Optuna samples the searched keys, each configuration runs `replicates`
+    times (stage "search"), the rest of the trial config is fixed."""
+    space = {**search_space(cfg), "stage": "search"}
+    return _tuner(cfg, cfg.study_dir, space, make_searcher(cfg), cfg.num_samples * cfg.replicates)
+
+
+def baseline_points(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Every baseline method with the fixed trial config, at the search's replicate seeds."""
+    return [
+        {
+            **vars(cfg.trial),
+            "method": method,
+            "config_id": method,
+            "replicate": r,
+            "seed": replicate_seed(cfg.trial.seed, r),
+            "stage": "baseline",
+        }
+        for method in cfg.baselines
+        for r in range(cfg.replicates)
+    ]
 
 
 def make_baseline_tuner(cfg: StudyConfig):
-    """One trial per baseline method with the fixed trial config, in study_dir/baselines."""
-    from ray import tune
-
-    space = {**vars(cfg.trial), "method": tune.grid_search(list(cfg.baselines))}
-    return _tuner(cfg, f"{cfg.study_dir}/{BASELINES_DIR}", space, None, 1)
+    """The baselines, `replicates` seeds each, in study_dir/baselines."""
+    return _fixed_trials_tuner(cfg, f"{cfg.study_dir}/{BASELINES_DIR}", baseline_points(cfg))
 
 
 def write_study_file(cfg: StudyConfig) -> None:
@@ -340,27 +408,52 @@ def write_study_file(cfg: StudyConfig) -> None:
         f.write(json.dumps(cfg.to_dict(), indent=2).encode())
 
 
-def summarize(cfg: StudyConfig, out_dir: Path) -> None:
-    """Write the trial table, the Pareto table and plot; print the Pareto-optimal trials."""
-    from analysis.pareto import pareto_front
-    from analysis.plots import plot_pareto
-    from analysis.results import completed, load_trials
+def summarize(cfg: StudyConfig, out_dir: Path):
+    """Write trials.csv (one row per replicate), configs.csv (one row per configuration, with
+    means, 95% intervals and p_front), pareto.csv and pareto.png (the front of the searched
+    configurations by their means); print the front. Returns the front."""
+    from analysis.plots import plot_config_front
+    from analysis.replicates import aggregate_configs, config_front, p_front
+    from analysis.results import load_trials
 
     trials = load_trials(cfg.study_dir)
-    searched = completed(trials[trials["experiment"] == cfg.name])  # not the baselines
-    front = pareto_front(searched, cfg.objectives)
+    if "config/stage" in trials:
+        trials.insert(2, "stage", trials.pop("config/stage"))
+    study = trials[trials["experiment"] != CONFIRMATION_DIR]
+    metrics = [*cfg.objectives, *(m for m in VAL_METRICS if m not in cfg.objectives)]
+    configs = aggregate_configs(study, metrics, list(cfg.search))
+    searched = study[study["experiment"] == cfg.name]
+    if not configs.empty:
+        is_searched = configs["experiment"] == cfg.name
+        shares = p_front(searched, cfg.objectives)
+        configs["p_front"] = configs["config_id"].map(shares).where(is_searched)
+        front = config_front(configs[is_searched], cfg.objectives)
+    else:
+        front = configs
     out_dir.mkdir(parents=True, exist_ok=True)
     trials.to_csv(out_dir / "trials.csv", index=False)
+    configs.to_csv(out_dir / "configs.csv", index=False)
     front.to_csv(out_dir / "pareto.csv", index=False)
-    plot_pareto(trials, cfg.objectives, out_dir / "pareto.png", title=f"Study {cfg.name}")
-    shown = ["trial_id", *cfg.objectives, *[f"config/{k}" for k in cfg.search]]
-    print(f"\nPareto-optimal trials ({len(front)} of {len(searched)} finished):")
+    plot_config_front(configs, cfg.objectives, out_dir / "pareto.png", title=f"Study {cfg.name}")
+    shown = ["config_id", "n", *cfg.search, "p_front"]
+    for m in cfg.objectives:
+        shown += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high"]
+    n_done = int(is_searched.sum()) if not configs.empty else 0
+    print(f"\nPareto-optimal configurations by validation means ({len(front)} of {n_done}; "
+          "95% t-intervals over replicates):")  # fmt: skip
     print(front[[c for c in shown if c in front.columns]].to_string(index=False))
     print(f"\nResults: {out_dir}")
+    return front
+
+
+def _local_out_dir(cfg: StudyConfig) -> Path:
+    """Where the tables go: the study directory, or ./results/NAME for a remote study."""
+    return Path(cfg.study_dir) if not _is_remote(cfg.study_dir) else Path("results") / cfg.name
 
 
 def run_study(cfg: StudyConfig, *, resume: bool = False, address: str | None = None) -> str:
-    """Run (or resume) a validated study; returns the study directory."""
+    """Run (or resume) a validated study: search, baselines, tables, confirmation; returns the
+    study directory."""
     check_paths(cfg, resume)
     connect_ray(address)
     tuner = make_tuner(cfg)
@@ -369,9 +462,28 @@ def run_study(cfg: StudyConfig, *, resume: bool = False, address: str | None = N
     tuner.fit()
     if cfg.baselines:
         make_baseline_tuner(cfg).fit()
-    local = Path(cfg.study_dir) if not _is_remote(cfg.study_dir) else Path("results") / cfg.name
-    summarize(cfg, local)
+    out_dir = _local_out_dir(cfg)
+    front = summarize(cfg, out_dir)
+    if cfg.confirm_seeds and not front.empty:
+        answer = run_confirmation(cfg, front_ids_of(out_dir), out_dir)
+        print_answer(answer)
+    elif cfg.confirm_seeds:
+        print("No finished configuration: nothing to confirm.")
     return cfg.study_dir
+
+
+def print_answer(answer) -> None:
+    """The study's answer: each confirmed front configuration against PGD-AT, paired by seed."""
+    if answer.empty:
+        print("\nNo answer table: PGD-AT is not among the baselines or nothing was confirmed.")
+        return
+    print("\nThe answer (test split, paired by seed; 95% t-intervals of the difference, points):")
+    for _, row in answer.iterrows():
+        parts = []
+        for m in ("test_clean_acc", "test_autoattack_acc"):
+            d, lo, hi = (100 * row[f"{m}_diff{s}"] for s in ("", "_ci_low", "_ci_high"))
+            parts.append(f"{m.removeprefix('test_')} {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        print(f"  {row['config_id']} vs {row['reference']}: {'; '.join(parts)} -> {row['verdict']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,14 +82,22 @@ TINY_TRIAL = {
 }
 
 
+TINY_STUDY = {
+    "name": "tiny",
+    "num_samples": 2,
+    "replicates": 2,
+    "baselines": ["pgd_at"],
+    "confirm_seeds": 2,
+    "trial": TINY_TRIAL,
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_study(ray_local, tmp_path_factory) -> str:
-    """A real 2-trial study (Ray Tune + Ray Train + OptunaSearch) with its 3 baselines."""
+    """A real study (Ray Tune + Ray Train + OptunaSearch) through every stage: 2 configurations
+    x 2 replicates, PGD-AT x 2 replicates, then the front and PGD-AT confirmed at 2 seeds."""
     from study.config import load_config
     from study.sweep import run_study
 
     storage = tmp_path_factory.mktemp("real-studies")
-    cfg = load_config(
-        None, {"name": "tiny", "storage": str(storage), "num_samples": 2, "trial": TINY_TRIAL}
-    )
-    return run_study(cfg)
+    return run_study(load_config(None, {**TINY_STUDY, "storage": str(storage)}))

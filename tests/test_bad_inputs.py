@@ -20,14 +20,16 @@ from tests.test_multinode import free_port
 
 @pytest.fixture
 def cifar_tree(tmp_path, monkeypatch):
-    """A tiny CIFAR-10 ImageFolder (10 classes, one 32x32 image each per split) and its cache."""
+    """A tiny CIFAR-10 ImageFolder (10 classes; 3 train images and 1 test image each of 32x32)
+    and its cache."""
     monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "tiny-cifar"
-    for split in ("train", "test"):
+    for split, count in (("train", 3), ("test", 1)):
         for c in range(10):
             (root / split / f"class{c}").mkdir(parents=True)
-            pixels = np.full((32, 32, 3), 25 * c, dtype=np.uint8)
-            Image.fromarray(pixels).save(root / split / f"class{c}" / "0.png")
+            for i in range(count):
+                pixels = np.full((32, 32, 3), 25 * c + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
     return root
 
 
@@ -109,7 +111,7 @@ def test_truncated_dataset_archive(tmp_path, capsys, cifar_tree):
 def test_dataset_cache_checksum_mismatch(tmp_path, capsys, cifar_tree):
     from trainables.data import cache_dir, load_splits
 
-    load_splits("cifar10", cifar_tree)  # decodes once and writes the checksummed cache
+    load_splits("cifar10", cifar_tree, val_size=10)  # decodes once and writes the checksummed cache
     cache = next((cache_dir() / "decoded").glob("*-train-*.npz"))
     with np.load(cache) as z:
         x, y = z["x"].copy(), z["y"]

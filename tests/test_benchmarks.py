@@ -21,8 +21,8 @@ def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_
     assert {k: best[k] for k in result["sweep"]["best"]} == result["sweep"]["best"]
     for row in result["rows"].values():
         m = row["metrics"]
-        assert 0 <= m["pgd20_eps8_255"] <= m["pgd20_eps1_255"] <= m["clean_acc"] <= 1
-        assert "autoattack_eps2_255" in m and "cifar10c_mean" in m
+        assert 0 <= m["test_pgd20_eps8_255"] <= m["test_pgd20_eps1_255"] <= m["test_clean_acc"] <= 1
+        assert "test_autoattack_eps2_255" in m and "test_cifar10c_mean" in m
     table = (out / "table.md").read_text()
     assert "| erm |" in table and "| lime_refine |" in table
 
@@ -30,4 +30,4 @@ def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_
         [str(out / "results.json"), "--seeds", "1", "--rows", "erm", *threads]
     )
     assert [(s["row"], s["seed"]) for s in spread] == [("erm", 1)]
-    assert 0 <= spread[0]["robust_acc"] <= spread[0]["clean_acc"] <= 1
+    assert 0 <= spread[0]["val_robust_acc"] <= spread[0]["val_clean_acc"] <= 1

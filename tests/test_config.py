@@ -15,7 +15,8 @@ def test_default_config_is_the_digits_preset():
     assert cfg.preset == "digits" and cfg.trial.dataset == "digits"
     assert cfg.num_samples >= 8
     assert set(cfg.search) == {"mask_ratio", "reg_weight", "epsilon"}
-    assert cfg.objectives == {"clean_acc": "max", "robust_acc": "max"}
+    assert cfg.objectives == {"val_clean_acc": "max", "val_robust_acc": "max"}
+    assert cfg.replicates == 2 and cfg.confirm_seeds == 3
 
 
 def test_yaml_then_command_line_override(tmp_path):
@@ -44,7 +45,11 @@ def test_ints_are_accepted_where_floats_are_expected():
         ({"bogus": 1}, "bogus"),
         ({"num_samples": 0}, "num_samples"),
         ({"searcher": "grid"}, "searcher"),
-        ({"objectives": {"clean_acc": "up"}}, "objectives.clean_acc"),
+        ({"objectives": {"val_clean_acc": "up"}}, "objectives.val_clean_acc"),
+        ({"objectives": {"clean_acc": "max"}}, "validation metrics"),
+        ({"replicates": 0}, "replicates"),
+        ({"confirm_seeds": -1}, "confirm_seeds"),
+        ({"trial": {"val_size": 1300}}, "val_size"),
         ({"search": {"mask_ratio": {"type": "uniform", "low": 0.6, "high": 0.2}}}, "low"),
         ({"search": {"reg_weight": {"type": "loguniform", "low": 0.0, "high": 1}}}, "loguniform"),
         ({"search": {"mask_ratio": {"type": "uniform", "low": 0, "high": 2}}}, "mask_ratio.high"),

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from trainables import data
-from trainables.data import DataError, load_splits
+from trainables.data import DataError, TestSplitSealed, load_splits
 
 
 def test_digits_split_is_fixed_stratified_and_in_range():
     a, b = load_splits("digits"), load_splits("digits")
-    assert a.train_x.shape[1:] == (1, 8, 8) and len(a.train_x) + len(a.test_x) == 1797
-    assert torch.equal(a.test_y, b.test_y)
+    assert a.train_x.shape[1:] == (1, 8, 8)
+    assert len(a.train_x) + len(a.val_x) + len(a.test_x) == 1797 and len(a.val_x) == 300
+    assert torch.equal(a.test_y, b.test_y) and torch.equal(a.val_x, b.val_x)
     assert a.train_x.min() >= 0.0 and a.train_x.max() <= 1.0
     counts = torch.bincount(a.test_y, minlength=10)
     assert counts.min() >= 40  # stratified: every class present in the test split
@@ -47,19 +48,19 @@ def data_classes():
 def test_image_folder_cache_and_checksum(tmp_path, monkeypatch):
     monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
     _make_image_folder(tmp_path / "folder")
-    first = load_splits("cifar10", tmp_path / "folder")
-    second = load_splits("cifar10", tmp_path / "folder")  # from the .npz cache
-    assert torch.equal(first.train_x, second.train_x) and first.train_x.shape == (30, 3, 32, 32)
+    first = load_splits("cifar10", tmp_path / "folder", val_size=10)
+    second = load_splits("cifar10", tmp_path / "folder", val_size=10)  # from the .npz cache
+    assert torch.equal(first.train_x, second.train_x) and first.train_x.shape == (20, 3, 32, 32)
     cached = next((tmp_path / "cache" / "decoded").glob("*train*.npz"))
     with np.load(cached) as z:
         x, y, digest = z["x"], z["y"], z["sha256"]
     x[0, 0, 0, 0] ^= 1
     np.savez(cached, x=x, y=y, sha256=digest)
     with pytest.raises(DataError, match="checksum"):
-        load_splits("cifar10", tmp_path / "folder")
+        load_splits("cifar10", tmp_path / "folder", val_size=10)
     cached.write_bytes(b"not an npz")
     with pytest.raises(DataError, match="unreadable"):
-        load_splits("cifar10", tmp_path / "folder")
+        load_splits("cifar10", tmp_path / "folder", val_size=10)
 
 
 def test_truncated_archive_is_a_clear_error(tmp_path, monkeypatch):
@@ -82,9 +83,24 @@ def test_wrong_number_of_classes(tmp_path, monkeypatch):
 
 def test_shared_cifar10_tarball_through_the_image_folder_loader(cifar10_tarball):
     splits = load_splits("cifar10", cifar10_tarball)
-    assert splits.train_x.shape == (50000, 3, 32, 32) and splits.test_x.shape == (10000, 3, 32, 32)
+    assert splits.train_x.shape == (45000, 3, 32, 32) and splits.val_x.shape == (5000, 3, 32, 32)
+    assert splits.test_x.shape == (10000, 3, 32, 32)
+    assert torch.equal(torch.bincount(splits.val_y), torch.full((10,), 500))  # stratified
     assert splits.classes[0] == "airplane" and splits.classes[-1] == "truck"
     assert torch.equal(torch.bincount(splits.test_y), torch.full((10,), 1000))
     # Per-channel train means match CIFAR-10's (125.3, 122.9, 113.9) / 255 (data README).
     assert np.allclose(np.array(splits.mean) * 255, [125.3, 122.9, 113.9], atol=1.0)
     assert data.cache_dir().exists()
+
+
+def test_validation_is_carved_from_train_and_the_test_split_can_be_sealed():
+    full = load_splits("digits")
+    sealed = load_splits("digits", with_test=False)
+    assert torch.equal(full.val_x, sealed.val_x) and torch.equal(full.train_x, sealed.train_x)
+    train = {tuple(x.flatten().tolist()) for x in full.train_x}
+    assert not any(tuple(x.flatten().tolist()) in train for x in full.val_x[:50])
+    assert torch.bincount(full.val_y, minlength=10).min() >= 25  # stratified
+    with pytest.raises(TestSplitSealed, match="sealed"):
+        _ = sealed.test_x
+    with pytest.raises(DataError, match="val_size"):
+        load_splits("digits", val_size=1347)

@@ -86,3 +86,35 @@ def test_autoattack_never_beats_pgd_and_final_evaluation(digits_model, digits):
     assert result["pgd50"] <= robust_accuracy(model, x, y, make_attack("pgd50", 0.1))
     assert result["clean"] > result["pgd50"]
     assert result["violations"] == []
+
+
+def test_worst_case_robust_accuracy_sees_through_masked_gradients(digits_model, digits):
+    """PGD stalls on the quantized model; Square does not: the masking test fires, and the
+    worst-case robust accuracy is the black-box one, not PGD's inflated figure."""
+    from trainables.evaluate import summarize_outcomes, worst_case_outcomes
+
+    model, s = digits_model, digits
+    masked = nn.Sequential(_Quantize(), model).eval()
+    x, y = s.val_x[:100], s.val_y[:100]
+    out = summarize_outcomes(worst_case_outcomes(masked, x, y, 0.2, pgd_steps=10, queries=200), "v")
+    assert out["v_pgd_acc"] > out["v_blackbox_acc"] + 0.2, out
+    assert out["v_masking"] == 1.0 and out["v_masking_p"] < 1e-3
+    assert out["v_robust_acc"] <= out["v_blackbox_acc"]
+    # The same attacks on the plain model: no flag.
+    sound = summarize_outcomes(
+        worst_case_outcomes(model, x, y, 0.2, pgd_steps=10, queries=200), "v"
+    )
+    assert sound["v_masking"] == 0.0, sound
+
+
+def test_masking_p_value_is_an_exact_one_sided_mcnemar_test():
+    from trainables.evaluate import masking_p_value
+
+    def outcomes(pgd, bb):
+        return torch.tensor(pgd, dtype=torch.bool), torch.tensor(bb, dtype=torch.bool)
+
+    # b = 5 examples only Square breaks, c = 0 the other way: p = 0.5 ** 5
+    assert masking_p_value(*outcomes([1] * 5 + [0] * 5, [0] * 5 + [0] * 5)) == pytest.approx(1 / 32)
+    # b = 3, c = 1: P(Binomial(4, 1/2) >= 3) = 5/16
+    assert masking_p_value(*outcomes([1, 1, 1, 0, 1], [0, 0, 0, 1, 1])) == pytest.approx(5 / 16)
+    assert masking_p_value(*outcomes([0, 1], [1, 1])) == 1.0  # PGD stronger: never a flag

@@ -127,7 +127,7 @@ def test_killed_driver_resumes_with_finished_trials_and_optuna_state_kept(head, 
     trials = pd.read_csv(study / "trials.csv").set_index("trial_id")
     assert len(trials) == 3 and set(trials["status"]) == {"TERMINATED"}
     for trial_id, before in finished.items():  # finished trials are kept unchanged
-        for key in ("round", "clean_acc", "robust_acc", "train_loss"):
+        for key in ("round", "val_clean_acc", "val_robust_acc", "train_loss"):
             assert trials.loc[trial_id, key] == pytest.approx(before[key]), (trial_id, key)
 
     from ray.tune.search.optuna import OptunaSearch
@@ -137,7 +137,44 @@ def test_killed_driver_resumes_with_finished_trials_and_optuna_state_kept(head, 
     ot_trials = searcher._ot_study.trials  # Optuna's own record: all three trials, told once
     assert len(ot_trials) == 3 and all(t.state.name == "COMPLETE" for t in ot_trials)
     values = sorted(tuple(t.values) for t in ot_trials)
-    assert values == sorted(zip(trials["clean_acc"], trials["robust_acc"], strict=True))
+    assert values == sorted(zip(trials["val_clean_acc"], trials["val_robust_acc"], strict=True))
+
+
+@pytest.mark.slow  # 1 + 1 trials, then 2 x 2 confirmation trials, a kill and a resume: ~4 min
+def test_killed_driver_during_confirmation_resumes_without_redoing_finished_trials(head, tmp_path):
+    config = tmp_path / "c.yaml"
+    trial = json.loads(write_config(tmp_path / "t.yaml").read_text())["trial"]
+    config.write_text(
+        json.dumps({"baselines": ["pgd_at"], "replicates": 1, "confirm_seeds": 2, "trial": trial})
+    )
+    storage = tmp_path / "s"
+    confirmation = storage / "ck" / "confirmation"
+    proc = _start_sweep(
+        "--config", str(config), "--num-samples", "1", "--max-concurrent-trials", "1",
+        "--name", "ck", "--storage", str(storage), "--address", head.address,
+    )  # fmt: skip
+    try:  # kill once the first confirmation trial has finished
+        _wait_for(
+            lambda: any(len(_results(d)) == 3 for d in confirmation.glob("trial_*")), 900, "conf"
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    finished = {
+        d.name.removeprefix("trial_"): _results(d)[-1]
+        for d in confirmation.glob("trial_*")
+        if len(_results(d)) == 3
+    }
+    assert finished and not (storage / "ck" / "answer.csv").exists()
+
+    out = sweep("--resume", "--name", "ck", "--storage", str(storage), "--address", head.address)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = pd.read_csv(storage / "ck" / "confirmation.csv").set_index("trial_id")
+    assert len(rows) == 4 and set(rows["status"]) == {"TERMINATED"}  # (front + PGD-AT) x 2
+    for trial_id, before in finished.items():  # finished confirmation trials are kept as they were
+        assert rows.loc[trial_id, "test_clean_acc"] == pytest.approx(before["test_clean_acc"])
+    assert len(pd.read_csv(storage / "ck" / "answer.csv")) == 1
 
 
 @pytest.mark.slow  # two trials, one diverging: ~1 min on 2 cores
@@ -148,6 +185,8 @@ def test_diverging_trial_errors_with_its_reason_and_the_study_completes(head, tm
             {
                 "searcher": "random",  # seed 0 draws lr 10 then 0.05 (checked below)
                 "baselines": [],
+                "replicates": 1,
+                "confirm_seeds": 0,
                 "trial": json.loads(write_config(tmp_path / "t.yaml").read_text())["trial"],
                 "search": {
                     "mask_ratio": None,

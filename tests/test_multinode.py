@@ -113,8 +113,11 @@ def sweep(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def write_config(path: Path, **trial) -> Path:
-    """A tiny study config with no baselines: these tests are about the searched trials."""
-    config = {"baselines": [], "trial": {**TINY_TRIAL, **trial}}
+    """A tiny study config with no baselines, one seed per configuration and no confirmation:
+    these tests are about the searched trials."""
+    config = {
+        "baselines": [], "replicates": 1, "confirm_seeds": 0, "trial": {**TINY_TRIAL, **trial},
+    }  # fmt: skip
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
 
@@ -193,7 +196,7 @@ def test_two_workers_match_one_worker_at_the_same_global_batch(ray_local, tmp_pa
     tolerance: 0.05 in accuracy (10 of 200 eval images) and 15% in training loss."""
     one = _fit(ray_local, tmp_path, "one", 1)
     two = _fit(ray_local, tmp_path, "two", 2)
-    assert abs(one["clean_acc"] - two["clean_acc"]) <= 0.05, (one, two)
-    assert abs(one["robust_acc"] - two["robust_acc"]) <= 0.05, (one, two)
+    assert abs(one["val_clean_acc"] - two["val_clean_acc"]) <= 0.05, (one, two)
+    assert abs(one["val_robust_acc"] - two["val_robust_acc"]) <= 0.05, (one, two)
     assert abs(one["train_loss"] - two["train_loss"]) <= 0.15 * one["train_loss"], (one, two)
     assert one["train_examples"] == two["train_examples"]  # the whole LIME pool, both ways

@@ -173,28 +173,48 @@ def test_mask_ratio_zero_adds_no_masked_examples_and_pool_zero_skips_lime(digits
     assert out["train_examples"] == n and out["lime_seconds"] < 0.5
 
 
-def test_final_evaluation_keys_and_masking_checks_on_a_pgd_trained_model(digits):
+def test_confirmation_evaluates_on_test_with_the_final_evaluation(digits):
     cfg = make_trial_config({
         **TINY, "method": "pgd_at", "train_subset": 800, "epochs_per_round": 3, "epsilon": 0.1,
-        "attack_steps": 7,
-        "eval_grid": "0.05,0.1,0.2,0.3", "final_eval": True, "final_grid": "0.1",
+        "attack_steps": 7, "stage": "confirm",
+        "eval_grid": "0.05,0.1,0.2,0.3", "final_grid": "0.1",
         "final_eval_subset": 16, "final_restarts": 2, "attr_images": 4, "attr_steps": 2,
     })  # fmt: skip
     out = refine(cfg, splits=digits)
     for attack in ("fgsm", "pgd20"):
         for tag in ("eps0p05", "eps0p1", "eps0p2", "eps0p3"):
-            assert 0 <= out[f"{attack}_{tag}"] <= 1
-    assert {"pgd50_eps0p1", "autoattack_eps0p1", "pgd20_eps0p5"} <= out.keys()
-    assert out["autoattack_eps0p1"] <= out["pgd20_eps0p1"] + 0.2  # same order as PGD
-    assert out["clean_acc"] > 0.3 and out["pgd20_eps0p5"] <= 0.05
-    assert out["masking_violations"] == 0, out["masking_report"]
-    assert out["masking_report"] == "ok"
+            assert 0 <= out[f"test_{attack}_{tag}"] <= 1
+    assert {"test_pgd50_eps0p1", "test_autoattack_eps0p1", "test_pgd20_eps0p5"} <= out.keys()
+    assert out["test_pgd50_acc"] == out["test_pgd50_eps0p1"]
+    assert out["test_autoattack_acc"] <= out["test_pgd20_eps0p1"] + 0.2  # same order as PGD
+    assert out["test_clean_acc"] > 0.3 and out["test_pgd20_eps0p5"] <= 0.05
+    assert out["test_robust_acc"] <= min(out["test_pgd_acc"], out["test_blackbox_acc"])
+    assert out["test_masking_violations"] == 0, out["test_masking_report"]
+    assert out["test_masking_report"] == "ok"
+    assert out["test_masking"] == float(out["test_masking_p"] < 0.05)
     for method in ("saliency", "ig", "lime"):
         for attack in ("random", "topk"):
-            assert -1 <= out[f"attr_{method}_{attack}_eps0p1_kendall"] <= 1
-    assert "cifar10c_mean" not in out  # digits: no CIFAR-10-C
+            assert -1 <= out[f"test_attr_{method}_{attack}_eps0p1_kendall"] <= 1
+    assert "test_cifar10c_mean" not in out  # digits: no CIFAR-10-C
+    assert "val_clean_acc" in out  # per-round validation metrics as in the search
 
 
-def test_no_grid_no_extra_keys(digits):
-    out = refine(make_trial_config({**TINY, "pool_size": 0}), splits=digits)
-    assert "masking_violations" not in out and not any(k.startswith("fgsm") for k in out)
+def test_search_trials_never_read_the_test_split(digits):
+    """Structural: a search trial's splits hold no test tensors; touching them fails loudly."""
+    from trainables.data import TestSplitSealed, load_splits
+    from trainables.refine import load_trial_splits
+
+    sealed = load_trial_splits(make_trial_config(TINY))
+    assert sealed._test is None
+    out = refine(make_trial_config({**TINY, "pool_size": 0}), splits=sealed)
+    assert not any(k.startswith("test_") for k in out) and 0 <= out["val_robust_acc"] <= 1
+    confirm = make_trial_config({**TINY, "pool_size": 0, "stage": "confirm"})
+    with pytest.raises(TestSplitSealed):
+        refine(confirm, splits=load_splits("digits", with_test=False))
+    assert load_trial_splits(confirm).test_x.shape[0] == 450
+
+
+def test_search_trials_report_validation_metrics_only(digits):
+    out = refine(make_trial_config({**TINY, "pool_size": 0, "eval_grid": "0.1"}), splits=digits)
+    assert {"val_clean_acc", "val_pgd_acc", "val_blackbox_acc", "val_masking"} <= out.keys()
+    assert not any(k.startswith(("fgsm", "test_", "masking")) for k in out)

@@ -1,10 +1,14 @@
-"""End to end: a real 2-trial study through Ray Tune, Ray Train and OptunaSearch."""
+"""End to end: a real study through Ray Tune, Ray Train and OptunaSearch, every stage: search
+with replicates on validation, baselines, confirmation on the test split, the answer."""
 
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+
+from analysis.replicates import t_interval
 
 
 def _dominated(a: np.ndarray, b: np.ndarray) -> bool:
@@ -14,41 +18,92 @@ def _dominated(a: np.ndarray, b: np.ndarray) -> bool:
 
 def test_study_writes_its_files(tiny_study):
     d = Path(tiny_study)
-    for name in ("study.json", "trials.csv", "pareto.csv", "pareto.png"):
+    for name in (
+        "study.json", "trials.csv", "configs.csv", "pareto.csv", "pareto.png",
+        "confirmation.csv", "confirmed.csv", "selection_bias.csv", "answer.csv",
+    ):  # fmt: skip
         assert (d / name).stat().st_size > 0, name
     settings = json.loads((d / "study.json").read_text())
-    assert settings["objectives"] == {"clean_acc": "max", "robust_acc": "max"}
+    assert settings["objectives"] == {"val_clean_acc": "max", "val_robust_acc": "max"}
 
 
-def test_trials_ran_through_train_and_report_both_objectives(tiny_study):
+def test_search_trials_are_replicates_evaluated_on_validation(tiny_study):
     trials = pd.read_csv(f"{tiny_study}/trials.csv")
     searched = trials[trials["experiment"] == "tiny"]
-    assert len(searched) == 2 and set(trials["status"]) == {"TERMINATED"}
-    assert trials["rounds"].eq(2).all()
-    for col in ("clean_acc", "robust_acc"):
-        assert trials[col].between(0, 1).all()
-    # Searched values differ between trials (Optuna sampled them), fixed ones do not.
-    assert searched["config/mask_ratio"].nunique() == 2
-    assert trials["config/rounds"].eq(2).all()
-    # Every trial's Train run kept a checkpoint under the study directory.
-    assert len(list(Path(tiny_study, "train_runs").glob("*/checkpoint_*"))) >= len(trials)
+    assert len(searched) == 4 and set(trials["status"]) == {"TERMINATED"}
+    assert set(searched["stage"]) == {"search"}
+    # 2 configurations x 2 replicates: the replicates share the searched values, not the seed.
+    for _, group in searched.groupby("config/config_id"):
+        assert sorted(group["config/replicate"]) == [0, 1]
+        assert group["config/mask_ratio"].nunique() == 1 and group["config/seed"].nunique() == 2
+    assert searched["config/config_id"].nunique() == 2
+    for col in ("val_clean_acc", "val_robust_acc", "val_pgd_acc", "val_blackbox_acc"):
+        assert searched[col].between(0, 1).all()
+    # The worst case is never above either attack's accuracy.
+    worst = searched[["val_pgd_acc", "val_blackbox_acc"]].min(axis=1)
+    assert (searched["val_robust_acc"] <= worst + 1e-12).all()
+    # No search or baseline trial reported a test metric.
+    not_confirm = trials[trials["experiment"] != "confirmation"]
+    test_cols = [c for c in trials if c.startswith("test_")]
+    assert test_cols and not_confirm[test_cols].isna().all().all()
 
 
-def test_baselines_ran_beside_the_search(tiny_study):
+def test_configs_csv_is_the_mean_and_interval_of_the_replicates(tiny_study):
     trials = pd.read_csv(f"{tiny_study}/trials.csv")
-    baselines = trials[trials["experiment"] == "baselines"]
-    assert sorted(baselines["config/method"]) == ["erm", "ig_norm", "pgd_at"]
-    assert set(trials.loc[trials["experiment"] == "tiny", "config/method"]) == {"lime_refine"}
+    configs = pd.read_csv(f"{tiny_study}/configs.csv").set_index("config_id")
+    for config_id, group in trials[trials["experiment"] != "confirmation"].groupby(
+        "config/config_id"
+    ):
+        mean, std, lo, hi = t_interval(group["val_robust_acc"].tolist())
+        row = configs.loc[config_id]
+        assert row["n"] == 2
+        assert row["val_robust_acc_mean"] == pytest.approx(mean)
+        assert row["val_robust_acc_ci_low"] == pytest.approx(lo, nan_ok=True)
+        assert row["val_robust_acc_ci_high"] == pytest.approx(hi, nan_ok=True)
+    assert configs.loc["pgd_at", "experiment"] == "baselines"
+    assert np.isnan(configs.loc["pgd_at", "p_front"])
 
 
-def test_pareto_csv_holds_exactly_the_non_dominated_trials(tiny_study):
-    trials = pd.read_csv(f"{tiny_study}/trials.csv")
-    searched = trials[trials["experiment"] == "tiny"]
+def test_pareto_csv_holds_exactly_the_non_dominated_configurations(tiny_study):
+    configs = pd.read_csv(f"{tiny_study}/configs.csv")
+    searched = configs[configs["experiment"] == "tiny"]
     front = pd.read_csv(f"{tiny_study}/pareto.csv")
-    points = searched[["clean_acc", "robust_acc"]].to_numpy()
+    points = searched[["val_clean_acc_mean", "val_robust_acc_mean"]].to_numpy()
     expected = {
-        tid
-        for tid, p in zip(searched["trial_id"], points, strict=True)
+        cid
+        for cid, p in zip(searched["config_id"], points, strict=True)
         if not any(_dominated(p, q) for q in points)
     }
-    assert set(front["trial_id"]) == expected and len(expected) >= 1
+    assert set(front["config_id"]) == expected and len(expected) >= 1
+    assert front["p_front"].between(0, 1).all()
+
+
+def test_confirmation_retrains_the_front_and_the_baseline_with_fresh_seeds(tiny_study):
+    trials = pd.read_csv(f"{tiny_study}/trials.csv")
+    front = pd.read_csv(f"{tiny_study}/pareto.csv")
+    confirmation = pd.read_csv(f"{tiny_study}/confirmation.csv")
+    assert set(confirmation["config/config_id"]) == {*front["config_id"], "pgd_at"}
+    assert (confirmation.groupby("config/config_id").size() == 2).all()
+    search_seeds = set(trials.loc[trials["experiment"] != "confirmation", "config/seed"])
+    assert not search_seeds & set(confirmation["config/seed"])
+    for col in ("test_clean_acc", "test_robust_acc", "test_pgd50_acc", "test_autoattack_acc"):
+        assert confirmation[col].between(0, 1).all(), col
+    confirmed = pd.read_csv(f"{tiny_study}/confirmed.csv")
+    assert {"test_clean_acc_mean", "test_autoattack_acc_ci_low"} <= set(confirmed)
+    bias = pd.read_csv(f"{tiny_study}/selection_bias.csv")
+    assert set(bias["config_id"]) == set(front["config_id"])
+    assert {"val_clean_acc_mean", "test_clean_acc_mean"} <= set(bias)
+
+
+def test_answer_table_pairs_each_front_configuration_with_pgd_at(tiny_study):
+    answer = pd.read_csv(f"{tiny_study}/answer.csv")
+    confirmation = pd.read_csv(f"{tiny_study}/confirmation.csv")
+    front = pd.read_csv(f"{tiny_study}/pareto.csv")
+    assert set(answer["config_id"]) == set(front["config_id"])
+    ref = confirmation[confirmation["config/config_id"] == "pgd_at"].set_index("config/replicate")
+    for _, row in answer.iterrows():
+        ours = confirmation[confirmation["config/config_id"] == row["config_id"]]
+        diffs = ours.set_index("config/replicate")["test_clean_acc"] - ref["test_clean_acc"]
+        assert row["test_clean_acc_diff"] == pytest.approx(diffs.mean())
+        assert row["n_pairs"] == 2
+        assert row["verdict"] in ("dominates", "undecided") or row["verdict"].startswith("worse")

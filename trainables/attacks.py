@@ -147,3 +147,40 @@ class AutoAttack:
             seed=self.seed,
         )
         return attack(x, y).detach()
+
+
+@dataclass
+class Square:
+    """Square Attack (Andriushchenko et al., 2020) through torchattacks 3.5.1: gradient-free
+    random search, the usual check against gradient masking (a model whose gradients are
+    useless to PGD still falls to it). `queries` is the budget per example; the margin loss and
+    torchattacks' rescaled square-size schedule are the paper's defaults.
+
+    torchattacks seeds torch's global generator; we fork it so a trial's own random stream
+    (training order, augmentation) is the same whether or not the attack ran.
+    """
+
+    eps: float
+    queries: int = 200
+    norm: str = "linf"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torchattacks
+
+        if self.eps == 0:
+            return x.detach()
+        attack = torchattacks.Square(
+            model,
+            norm="Linf" if self.norm == "linf" else "L2",
+            eps=self.eps,
+            n_queries=self.queries,
+            seed=self.seed,
+        )
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return attack(x, y).detach()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.attacks import NORMS
-from trainables.data import DATASETS
+from trainables.data import DATASETS, TRAIN_SIZES
 from trainables.explain import BACKENDS
 from trainables.models import ARCHITECTURES
 from trainables.segmentation import SEGMENTATIONS
@@ -20,6 +20,7 @@ MASK_STRATEGIES = ("least_important", "most_important")
 MASK_FILLS = ("mean", "zero", "blur")
 REG_WEIGHTINGS = ("uniform", "lime")
 TRAIN_ATTACKS = ("pgd", "fgsm", "none")
+STAGES = ("search", "baseline", "confirm")
 
 
 class ConfigError(ValueError):
@@ -33,8 +34,9 @@ class TrialConfig:
     # data
     dataset: str = "digits"
     data_dir: str | None = None
-    train_subset: int | None = None  # None = the whole training set
-    eval_subset: int | None = None  # test images used for the per-round evaluation
+    train_subset: int | None = None  # None = the whole training set (less validation)
+    val_size: int | None = None  # validation images carved from train; None = dataset default
+    eval_subset: int | None = None  # validation images of the per-round evaluation (None = all)
     # model and method
     model: str = "small_cnn"
     model_width: int = 0  # fast_cnn's base width; 0 = the architecture's default
@@ -68,15 +70,18 @@ class TrialConfig:
     # baselines: IG-NORM / IG-SUM-NORM / TRADES strength and IG path steps
     baseline_weight: float = 1.0
     ig_steps: int = 10
-    # evaluation: one fixed epsilon for every trial so trials are comparable
+    # evaluation: one fixed epsilon for every trial so trials are comparable; robust accuracy
+    # is the per-example worst case of PGD (eval_steps) and the gradient-free Square attack
+    # (blackbox_queries), so gradient masking cannot inflate it
     eval_epsilon: float = 0.1
     eval_steps: int = 10
-    # after the last round: FGSM and PGD-20 at every eps of eval_grid ("1/255,2/255", "" = none);
-    # with final_eval also PGD-50 with restarts and AutoAttack at final_grid ("" = eval_grid) on
-    # final_eval_subset test images, gradient-masking checks, CIFAR-10-C on cifar10c_images
-    # images and attribution robustness on attr_images images (0 = skip either)
+    blackbox_queries: int = 200
+    # confirmation trials only (stage "confirm"), on the test split, after the last round:
+    # FGSM and PGD-20 at every eps of eval_grid ("1/255,2/255", "" = none); PGD-50 with restarts
+    # and AutoAttack at the eval epsilon and final_grid on final_eval_subset test images,
+    # gradient-masking checks, CIFAR-10-C on cifar10c_images images and attribution robustness
+    # on attr_images images (0 = skip either)
     eval_grid: str = ""
-    final_eval: bool = False
     final_grid: str = ""
     final_eval_subset: int = 100
     final_restarts: int = 3
@@ -84,6 +89,11 @@ class TrialConfig:
     attr_images: int = 0
     attr_steps: int = 20
     attr_restarts: int = 1
+    # study bookkeeping: which configuration this is, which replicate (seed), which stage
+    # (search and baseline trials never read the test split; confirm trials do)
+    config_id: str = ""
+    replicate: int = 0
+    stage: str = "search"
     # resources
     num_workers: int = 1
     cpus_per_worker: float = 1.0
@@ -99,6 +109,11 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "method": (lambda v: v in METHODS, f"must be one of {METHODS}"),
     "train_subset": (lambda v: v is None or v >= 10, "must be at least 10"),
     "eval_subset": (lambda v: v is None or v >= 1, "must be at least 1"),
+    "val_size": (lambda v: v is None or v >= 10, "must be at least 10 (null = default)"),
+    "blackbox_queries": (lambda v: 1 <= v <= 100_000, "must be in [1, 100000]"),
+    "config_id": (lambda v: len(v) <= 100, "must be at most 100 characters"),
+    "replicate": (lambda v: 0 <= v < 100_000, "must be in [0, 100000)"),
+    "stage": (lambda v: v in STAGES, f"must be one of {STAGES}"),
     "rounds": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
     "epochs_per_round": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
     "batch_size": (lambda v: 1 <= v <= 65536, "must be in [1, 65536]"),
@@ -207,4 +222,10 @@ def make_trial_config(values: dict[str, Any]) -> TrialConfig:
         raise ConfigError("trial.attack_norm: 'l2' needs train_attack 'pgd' (FGSM is L-inf only)")
     if cfg.model_width and cfg.model != "fast_cnn":
         raise ConfigError("trial.model_width: only fast_cnn has a width; leave it 0")
+    train_size = TRAIN_SIZES[cfg.dataset]
+    if cfg.val_size is not None and cfg.val_size >= train_size - 100:
+        raise ConfigError(
+            f"trial.val_size: {cfg.dataset} has {train_size} training images; val_size must "
+            f"leave at least 100 of them for training, got {cfg.val_size}"
+        )
     return cfg

@@ -8,31 +8,62 @@ DataLoader workers (a real cost on 2 cores) and makes every batch a single tenso
 import hashlib
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 DATASETS = ("digits", "cifar10", "cifar100")
+TRAIN_SIZES = {"digits": 1347, "cifar10": 50_000, "cifar100": 50_000}  # before validation
+DEFAULT_VAL_SIZES = {"digits": 300, "cifar10": 5_000, "cifar100": 5_000}
+VAL_SEED = 0  # the validation split is the same for every trial and every study
 
 
 class DataError(ValueError):
     """A dataset that is missing, truncated or not what it claims to be."""
 
 
+class TestSplitSealed(RuntimeError):
+    """The test split was read where it must not be: only the confirmation stage may read it."""
+
+
 @dataclass(frozen=True)
 class Splits:
-    """Train and test images in [0, 1] with labels and the train-set channel statistics."""
+    """Train, validation and (unless sealed) test images in [0, 1] with labels, and the
+    train-set channel statistics.
+
+    Validation is carved from the training set with a fixed seed, so every trial of a study
+    selects on the same images and never trains on them. The test split is held in `_test`;
+    a search trial loads its splits with `with_test=False`, and then the test tensors are not
+    in memory at all and reading `test_x` raises: the search cannot select on the test set.
+    """
 
     name: str
     train_x: torch.Tensor
     train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    _test: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def _test_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._test is None:
+            raise TestSplitSealed(
+                f"{self.name}: the test split is sealed (loaded with with_test=False); only the "
+                "confirmation stage reads it"
+            )
+        return self._test
+
+    @property
+    def test_x(self) -> torch.Tensor:
+        return self._test_split()[0]
+
+    @property
+    def test_y(self) -> torch.Tensor:
+        return self._test_split()[1]
 
     @property
     def in_channels(self) -> int:
@@ -52,36 +83,60 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LIMEROBUST_CACHE", Path.home() / ".cache" / "limerobust"))
 
 
-def _splits(name, train_x, train_y, test_x, test_y, classes) -> Splits:
-    """Build Splits from uint8 NHWC (or float NCHW) arrays, computing train-set statistics."""
-    if train_x.dtype == np.uint8:
-        train_x = train_x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        test_x = test_x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-    mean = tuple(float(m) for m in train_x.mean(axis=(0, 2, 3), dtype=np.float64))
-    std = tuple(float(s) for s in train_x.std(axis=(0, 2, 3), dtype=np.float64))
+def _splits(name, train_x, train_y, test_x, test_y, classes, val_size: int, with_test: bool):
+    """Build Splits from uint8 NHWC (or float NCHW) arrays: carve `val_size` validation images
+    from the training set (stratified, fixed seed), then compute the statistics on what is left.
+    """
+    from sklearn.model_selection import train_test_split
+
+    train_y = np.asarray(train_y, dtype=np.int64)
+    if not 0 < val_size < len(train_x) - len(classes):
+        raise DataError(
+            f"val_size {val_size} must be at least 1 and leave training images "
+            f"({name} has {len(train_x)})"
+        )
+    tr, va = train_test_split(
+        np.arange(len(train_x)), test_size=val_size, stratify=train_y, random_state=VAL_SEED
+    )
+    tr, va = np.sort(tr), np.sort(va)
+
+    def tensor(x):
+        if x.dtype == np.uint8:
+            x = x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    train_x_t = tensor(train_x[tr])
+    mean = tuple(float(m) for m in train_x_t.double().mean(dim=(0, 2, 3)))
+    std = tuple(float(s) for s in train_x_t.double().std(dim=(0, 2, 3), unbiased=False))
+    test = None
+    if with_test:
+        test = (tensor(test_x), torch.from_numpy(np.asarray(test_y, dtype=np.int64)))
     return Splits(
         name=name,
-        train_x=torch.from_numpy(np.ascontiguousarray(train_x)),
-        train_y=torch.from_numpy(np.asarray(train_y, dtype=np.int64)),
-        test_x=torch.from_numpy(np.ascontiguousarray(test_x)),
-        test_y=torch.from_numpy(np.asarray(test_y, dtype=np.int64)),
+        train_x=train_x_t,
+        train_y=torch.from_numpy(train_y[tr]),
+        val_x=tensor(train_x[va]),
+        val_y=torch.from_numpy(train_y[va]),
         classes=tuple(classes),
         mean=mean,
         std=std,
+        _test=test,
     )
 
 
-def load_digits_splits(test_fraction: float = 0.25, seed: int = 0) -> Splits:
-    """scikit-learn's 1,797 real 8x8 digits, scaled to [0, 1], with a fixed stratified split."""
+def load_digits_splits(val_size: int = 300, with_test: bool = True) -> Splits:
+    """scikit-learn's 1,797 real 8x8 digits in [0, 1]: a fixed stratified 75/25 train/test split,
+    then `val_size` validation images carved from the training part."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
     x_tr, x_te, y_tr, y_te = train_test_split(
-        x, digits.target, test_size=test_fraction, stratify=digits.target, random_state=seed
+        x, digits.target, test_size=0.25, stratify=digits.target, random_state=0
     )
-    return _splits("digits", x_tr, y_tr, x_te, y_te, [str(d) for d in range(10)])
+    classes = [str(d) for d in range(10)]
+    return _splits("digits", x_tr, y_tr, x_te, y_te, classes, val_size, with_test)
 
 
 # --- CIFAR: torchvision's pickled batches, or an ImageFolder layout of image files ------------
@@ -162,7 +217,13 @@ def _unpack(archive: Path) -> Path:
     raise DataError(f"{archive} holds no train/ and test/ folders")
 
 
-def load_cifar_splits(name: str, data_dir: str | Path | None, download: bool = False) -> Splits:
+def load_cifar_splits(
+    name: str,
+    data_dir: str | Path | None,
+    download: bool = False,
+    val_size: int = 5_000,
+    with_test: bool = True,
+) -> Splits:
     """CIFAR-10/100 from `data_dir`: torchvision batches, an ImageFolder tree, or its .tar.gz.
 
     With no data_dir, torchvision's copy under the cache (downloaded when `download`).
@@ -181,21 +242,31 @@ def load_cifar_splits(name: str, data_dir: str | Path | None, download: bool = F
             raise DataError(f"{root}/train has {len(classes)} class folders, {name} has {expected}")
         x_tr, y_tr = _image_folder_split(root, "train", classes)
         x_te, y_te = _image_folder_split(root, "test", classes)
-        return _splits(name, x_tr, y_tr, x_te, y_te, classes)
+        return _splits(name, x_tr, y_tr, x_te, y_te, classes, val_size, with_test)
     try:
-        return _splits(name, *_torchvision_cifar(name, root, download))
+        return _splits(name, *_torchvision_cifar(name, root, download), val_size, with_test)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DataError(f"no {name} data in {root}: {e}") from e
 
 
 def load_splits(
-    name: str, data_dir: str | Path | None = None, download: bool = False, seed: int = 0
+    name: str,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    *,
+    val_size: int | None = None,
+    with_test: bool = True,
 ) -> Splits:
-    """Load a dataset by name; the single entry point the rest of the project uses."""
+    """Load a dataset by name; the single entry point the rest of the project uses.
+
+    val_size: validation images carved from the training set (None: the dataset's default);
+    with_test=False seals the test split (search trials load their data this way).
+    """
+    val_size = DEFAULT_VAL_SIZES.get(name, 0) if val_size is None else val_size
     if name == "digits":
-        return load_digits_splits(seed=seed)
+        return load_digits_splits(val_size, with_test)
     if name in ("cifar10", "cifar100"):
-        return load_cifar_splits(name, data_dir, download=download)
+        return load_cifar_splits(name, data_dir, download, val_size, with_test)
     raise DataError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .attacks import FGSM, PGD, AutoAttack
+from .attacks import FGSM, PGD, AutoAttack, Square
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -26,21 +26,79 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(len(x), 1)
 
 
-def robust_accuracy(
+def robust_outcomes(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, batch_size: int = 256
-) -> float:
-    """Accuracy on attack(model, x, y), with the model attacked in eval() mode."""
+) -> torch.Tensor:
+    """Per example: is attack(model, x, y) still classified as y? (bool, on the CPU; eval mode)"""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct = 0
+    out = []
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         x_adv = attack(model, xb, yb)
         with torch.inference_mode():
-            correct += (model(x_adv).argmax(1) == yb).sum().item()
+            out.append((model(x_adv).argmax(1) == yb).cpu())
     model.train(was_training)
-    return correct / max(len(x), 1)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def robust_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, batch_size: int = 256
+) -> float:
+    """Accuracy on attack(model, x, y), with the model attacked in eval() mode."""
+    return robust_outcomes(model, x, y, attack, batch_size).float().mean().item() if len(x) else 0.0
+
+
+MASKING_ALPHA = 0.05
+
+
+def masking_p_value(pgd_ok: torch.Tensor, blackbox_ok: torch.Tensor) -> float:
+    """One-sided exact McNemar test: p-value of "the gradient-free attack breaks more examples
+    than PGD" on the same examples.
+
+    Only the discordant examples carry information (b: PGD fails, black box succeeds; c: the
+    reverse); under no masking either attack is as likely to win each of them, so b ~
+    Binomial(b + c, 1/2). A small p says the gap exceeds the sampling noise of this evaluation
+    set: gradients mislead PGD (gradient masking), and PGD's figure is not a robustness figure.
+    """
+    from scipy.stats import binomtest
+
+    b = int((pgd_ok & ~blackbox_ok).sum())
+    c = int((~pgd_ok & blackbox_ok).sum())
+    if b == 0:
+        return 1.0
+    return float(binomtest(b, b + c, 0.5, alternative="greater").pvalue)
+
+
+def worst_case_outcomes(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    pgd_steps: int,
+    queries: int,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
+    """Per-example outcomes of the clean pass, PGD and Square at eps, and their worst case: an
+    example counts as robust only if it is classified correctly clean and under both attacks
+    (RobustBench's convention), so neither gradient masking nor a lucky attack inflates it."""
+    clean = robust_outcomes(model, x, y, lambda m, xb, yb: xb, batch_size)
+    pgd = robust_outcomes(model, x, y, PGD(eps, steps=pgd_steps, seed=seed), batch_size)
+    blackbox = robust_outcomes(model, x, y, Square(eps, queries=queries, seed=seed), batch_size)
+    return {"clean": clean, "pgd": pgd, "blackbox": blackbox, "robust": clean & pgd & blackbox}
+
+
+def summarize_outcomes(outcomes: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
+    """`<prefix>_clean_acc`, `_pgd_acc`, `_blackbox_acc`, `_robust_acc`, the masking test's
+    p-value `_masking_p` and its flag `_masking` (1.0 when p < MASKING_ALPHA)."""
+    out = {f"{prefix}_{k}_acc": v.float().mean().item() for k, v in outcomes.items()}
+    p = masking_p_value(outcomes["pgd"], outcomes["blackbox"])
+    out[f"{prefix}_masking_p"] = p
+    out[f"{prefix}_masking"] = float(p < MASKING_ALPHA)
+    return out
 
 
 Grid = dict[tuple[str, float], float]  # (attack name, eps) -> robust accuracy

@@ -32,7 +32,7 @@ from trainables import objectives
 from trainables.attacks import FGSM, PGD
 from trainables.config import TrialConfig, make_trial_config
 from trainables.data import Splits, load_splits, subset
-from trainables.evaluate import accuracy, robust_accuracy
+from trainables.evaluate import summarize_outcomes, worst_case_outcomes
 from trainables.explain import ExplainerPool, Explanation, explain_images
 from trainables.models import build_model
 from trainables.segmentation import segment_batch
@@ -74,7 +74,8 @@ def mask_superpixels(
 
         blurred = TF.gaussian_blur(images, kernel_size=5, sigma=1.5)
     for i, expl in enumerate(explanations):
-        segments = torch.as_tensor(expl.segments, dtype=torch.long)
+        # a copy: segments that came back from a Ray actor are read-only NumPy arrays
+        segments = torch.tensor(expl.segments, dtype=torch.long)
         hide = torch.as_tensor(_hidden_superpixels(expl.weights, ratio, strategy))
         hidden = torch.isin(segments, hide)  # (H, W)
         if not hidden.any():
@@ -270,14 +271,27 @@ def _explain_pool(
     return idx, torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts]), y[idx]
 
 
-def _evaluate(cfg: TrialConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, world: int):
-    """Clean and PGD accuracy at the study's fixed eval epsilon, on this rank's share."""
+def _evaluate(
+    cfg: TrialConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, world: int
+) -> dict[str, float]:
+    """The `val_*` metrics at the study's fixed eval epsilon: clean, PGD, Square and their
+    per-example worst case, with the masking test; each rank attacks its share."""
     rank, _ = _world()
-    xs, ys = x[rank::world], y[rank::world]
-    clean = accuracy(model, xs, ys)
-    attack = PGD(cfg.eval_epsilon, steps=cfg.eval_steps, seed=cfg.seed)
-    robust = robust_accuracy(model, xs, ys, attack)
-    return _mean_over_ranks(clean, len(xs), world), _mean_over_ranks(robust, len(xs), world)
+    outcomes = worst_case_outcomes(
+        model, x[rank::world], y[rank::world], cfg.eval_epsilon,
+        pgd_steps=cfg.eval_steps, queries=cfg.blackbox_queries, seed=cfg.seed,
+    )  # fmt: skip
+    if world > 1:  # the masking test needs every example's outcome, not per-rank means
+        outcomes = {k: torch.cat(_gather([v], world)) for k, v in outcomes.items()}
+    return summarize_outcomes(outcomes, "val")
+
+
+def load_trial_splits(cfg: TrialConfig) -> Splits:
+    """The trial's data; the test split stays sealed unless this is a confirmation trial."""
+    return load_splits(
+        cfg.dataset, cfg.data_dir, download=True, val_size=cfg.val_size,
+        with_test=cfg.stage == "confirm",
+    )  # fmt: skip
 
 
 def build_trial_model(cfg: TrialConfig, splits: Splits) -> nn.Module:
@@ -315,9 +329,9 @@ def refine(
     """
     rank, world = _world()
     device = torch.device(device)
-    splits = splits or load_splits(cfg.dataset, cfg.data_dir, download=True, seed=cfg.seed)
+    splits = splits or load_trial_splits(cfg)
     train_x, train_y = subset(splits.train_x, splits.train_y, cfg.train_subset, cfg.seed)
-    test_x, test_y = subset(splits.test_x, splits.test_y, cfg.eval_subset, cfg.seed)
+    val_x, val_y = subset(splits.val_x, splits.val_y, cfg.eval_subset, seed=0)
     if explain is None:
 
         def explain(model, images, labels, segments):
@@ -382,22 +396,20 @@ def refine(
                 step += 1
         t_train = time.perf_counter() - t0 - t_lime
 
-        clean, robust = _evaluate(cfg, model, test_x, test_y, world)
         metrics = {
             "round": round_ + 1,
-            "clean_acc": clean,
-            "robust_acc": robust,
+            **_evaluate(cfg, model, val_x, val_y, world),
             "train_loss": _mean_over_ranks(float(np.mean(losses)), len(losses), world),
             "lime_seconds": t_lime,
             "train_seconds": t_train,
             "eval_seconds": time.perf_counter() - t0 - t_lime - t_train,
             "train_examples": len(xs),
         }
-        if round_ == cfg.rounds - 1 and rank == 0:  # the grid, and the final evaluation
-            from trainables.trial_eval import trial_evaluation  # scipy and co.: import when used
+        if cfg.stage == "confirm" and round_ == cfg.rounds - 1 and rank == 0:
+            from trainables.trial_eval import confirmation_metrics  # scipy and co.: when used
 
             t_final = time.perf_counter()
-            metrics.update(trial_evaluation(cfg, model, splits, test_x, test_y))
+            metrics.update(confirmation_metrics(cfg, model, splits))
             metrics["final_eval_seconds"] = time.perf_counter() - t_final
         if report is not None:
             report(
@@ -512,7 +524,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(json.loads(state["metrics"]))
         return
 
-    splits = load_splits(cfg.dataset, cfg.data_dir, download=True, seed=cfg.seed)
+    splits = load_trial_splits(cfg)
     pool = None
     if _uses_lime(cfg):
         pool = ExplainerPool(

@@ -1,13 +1,15 @@
-"""The evaluation a trial reports after its last round, as flat metric keys.
+"""The evaluation a confirmation trial reports on the test split after its last round, as flat
+metric keys (`confirmation_metrics` prefixes them `test_`; search trials never run it).
 
-Every trial with an `eval_grid`: FGSM and PGD-20 at each eps (`fgsm_eps2_255`, `pgd20_eps0p1`:
-the grid token with '/' -> '_' and '.' -> 'p', so keys are valid pandas columns and Tune
-metrics) plus the gradient-masking checks on that grid. With `final_eval`, on a fixed subset:
+FGSM and PGD-20 at each eps of `eval_grid` (`fgsm_eps2_255`, `pgd20_eps0p1`: the grid token
+with '/' -> '_' and '.' -> 'p', so keys are valid pandas columns and Tune metrics) plus the
+gradient-masking checks on that grid; on a fixed subset:
 PGD-50 with restarts and AutoAttack at `final_grid`, PGD-20 at eps 0.5 (where a working attack
 must reach about zero), CIFAR-10-C (`cifar10c_mean`, `cifar10c_<corruption>`) and attribution
 robustness (`attr_<method>_<attack>_eps<tag>_<metric>`) for saliency, IG and LIME.
 """
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,13 @@ from trainables.attributions import lime_attribution_map, saliency
 from trainables.config import TrialConfig, parse_grid
 from trainables.corruptions import corruption_accuracy, write_cifar10c
 from trainables.data import Splits, cache_dir, subset
-from trainables.evaluate import gradient_masking_checks, make_attack, robust_accuracy
+from trainables.evaluate import (
+    gradient_masking_checks,
+    make_attack,
+    robust_accuracy,
+    summarize_outcomes,
+    worst_case_outcomes,
+)
 from trainables.explain import explain_images
 from trainables.segmentation import segment_batch
 
@@ -123,45 +131,72 @@ def _attribution(cfg: TrialConfig, model: nn.Module, x, y, grid) -> dict[str, fl
 
 
 def trial_evaluation(
-    cfg: TrialConfig, model: nn.Module, splits: Splits, test_x: torch.Tensor, test_y: torch.Tensor
+    cfg: TrialConfig,
+    model: nn.Module,
+    splits: Splits,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    final_grid: tuple[tuple[str, float], ...],
 ) -> dict[str, Any]:
-    """The flat metrics of the evaluation after the last round (empty when nothing is asked)."""
+    """The flat metrics of the final evaluation on (test_x, test_y): the FGSM/PGD-20 grid at
+    eval_grid, PGD-50 and AutoAttack at final_grid on the first final_eval_subset images, and
+    the masking checks; CIFAR-10-C and attribution robustness where asked."""
     grid = parse_grid(cfg.eval_grid)
-    if not grid and not cfg.final_eval:
-        return {}
     device = next(model.parameters()).device
     grid_acc: dict[tuple[str, float], float] = {}
     out: dict[str, Any] = _attack_metrics(
         model, test_x, test_y, ("fgsm", "pgd20"), grid, grid_acc, seed=cfg.seed
     )
-    if cfg.final_eval:
-        n = cfg.final_eval_subset
-        fx, fy = test_x[:n], test_y[:n]
-        final_grid = parse_grid(cfg.final_grid) or grid
-        # the weaker attacks on the same subset, so the stronger-attack check compares like
-        # with like
-        sub_acc: dict[tuple[str, float], float] = {}
-        _attack_metrics(model, fx, fy, ("fgsm", "pgd20"), final_grid, sub_acc, seed=cfg.seed)
-        out.update(
-            _attack_metrics(
-                model, fx, fy, ("pgd50", "autoattack"), final_grid, sub_acc,
-                restarts=cfg.final_restarts, seed=cfg.seed,
-            )
-        )  # fmt: skip
-        large = _attack_metrics(
-            model, fx, fy, ("pgd20",), ((str(LARGE_EPS), LARGE_EPS),), sub_acc, seed=cfg.seed
+    n = cfg.final_eval_subset
+    fx, fy = test_x[:n], test_y[:n]
+    # the weaker attacks on the same subset, so the stronger-attack check compares like with like
+    sub_acc: dict[tuple[str, float], float] = {}
+    _attack_metrics(model, fx, fy, ("fgsm", "pgd20"), final_grid, sub_acc, seed=cfg.seed)
+    out.update(
+        _attack_metrics(
+            model, fx, fy, ("pgd50", "autoattack"), final_grid, sub_acc,
+            restarts=cfg.final_restarts, seed=cfg.seed,
         )
-        out.update(large)
-        violations = gradient_masking_checks(grid_acc) + [
-            f"final subset: {v}" for v in gradient_masking_checks(sub_acc)
-        ]
-        if cfg.cifar10c_images and cfg.dataset == "cifar10":
-            out.update(_cifar10c(cfg, model, splits))
-        if cfg.attr_images:
-            ax, ay = test_x[: cfg.attr_images].to(device), test_y[: cfg.attr_images].to(device)
-            out.update(_attribution(cfg, model, ax, ay, grid or final_grid))
-    else:
-        violations = gradient_masking_checks(grid_acc)
+    )  # fmt: skip
+    large = _attack_metrics(
+        model, fx, fy, ("pgd20",), ((str(LARGE_EPS), LARGE_EPS),), sub_acc, seed=cfg.seed
+    )
+    out.update(large)
+    violations = gradient_masking_checks(grid_acc) + [
+        f"final subset: {v}" for v in gradient_masking_checks(sub_acc)
+    ]
+    if cfg.cifar10c_images and cfg.dataset == "cifar10":
+        out.update(_cifar10c(cfg, model, splits))
+    if cfg.attr_images:
+        ax, ay = test_x[: cfg.attr_images].to(device), test_y[: cfg.attr_images].to(device)
+        out.update(_attribution(cfg, model, ax, ay, grid or final_grid))
     out["masking_violations"] = len(violations)
     out["masking_report"] = "; ".join(violations) or "ok"
+    return out
+
+
+def confirmation_metrics(cfg: TrialConfig, model: nn.Module, splits: Splits) -> dict[str, Any]:
+    """A confirmation trial's figures on the test split, each key prefixed `test_`.
+
+    The search's worst-case robust accuracy (PGD and Square, per example) on `eval_subset` test
+    images, then the final evaluation (FGSM/PGD-20 grid, PGD-50 with restarts and AutoAttack
+    at `final_grid`, by default the study's eval epsilon, masking checks, CIFAR-10-C and
+    attribution robustness where asked). `test_pgd50_acc` and `test_autoattack_acc` are the
+    two at the eval epsilon.
+    """
+    x, y = subset(splits.test_x, splits.test_y, cfg.eval_subset, seed=0)
+    outcomes = worst_case_outcomes(
+        model, x, y, cfg.eval_epsilon,
+        pgd_steps=cfg.eval_steps, queries=cfg.blackbox_queries, seed=cfg.seed,
+    )  # fmt: skip
+    out: dict[str, Any] = summarize_outcomes(outcomes, "test")
+    final_grid = parse_grid(cfg.final_grid)
+    token = next((t for t, eps in final_grid if math.isclose(eps, cfg.eval_epsilon)), None)
+    if token is None:
+        token = repr(cfg.eval_epsilon)
+        final_grid = ((token, cfg.eval_epsilon), *final_grid)
+    final = trial_evaluation(cfg, model, splits, x, y, final_grid)
+    out.update({f"test_{k}": v for k, v in final.items()})
+    out["test_pgd50_acc"] = final[f"pgd50_{eps_tag(token)}"]
+    out["test_autoattack_acc"] = final[f"autoattack_{eps_tag(token)}"]
     return out

@@ -1,0 +1,187 @@
+"""Confirmation: re-train the front and the baselines with fresh seeds and test them once.
+
+`python -m study.confirm STUDY_DIR [--confirm-seeds M]` runs, resumes or re-runs the
+confirmation of a study whose search has finished; `python -m study.sweep` calls the same code
+after its search. Every configuration on the front (by validation means) and every baseline is
+trained with M seeds the search never used, as Tune trials in study_dir/confirmation (stage
+"confirm": the only trials that read the test split), then evaluated on the test split. The
+tables: confirmation.csv (one row per trial), confirmed.csv (mean and 95% interval per
+configuration), selection_bias.csv (validation mean beside test mean for the front) and
+answer.csv (each front configuration against PGD-AT, paired by seed).
+"""
+
+import argparse
+import json
+import math
+import posixpath
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study.config import ConfigError, StudyConfig, build_study_config, confirm_seed
+from trainables.config import TRIAL_FIELDS, make_trial_config
+
+CONFIRM_METRICS = (
+    "test_clean_acc", "test_robust_acc", "test_pgd_acc", "test_blackbox_acc",
+    "test_pgd50_acc", "test_autoattack_acc", "test_cifar10c_mean",
+)  # fmt: skip
+CONFIRMATION_DIR = "confirmation"
+PLAN_FILE = "confirmation_plan.json"
+
+
+def _plain(value: Any) -> Any:
+    """A pandas cell back to the plain value a trial config holds (NaN -> None)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def trial_config_of(trials: pd.DataFrame, config_id: str) -> dict[str, Any]:
+    """The full trial config of a configuration (its first replicate's), as Tune ran it."""
+    rows = trials[trials["config/config_id"] == config_id].sort_values("config/replicate")
+    if rows.empty:
+        raise ConfigError(f"configuration {config_id!r} has no trial in the study")
+    row = rows.iloc[0]
+    values = {k: _plain(row[f"config/{k}"]) for k in TRIAL_FIELDS if f"config/{k}" in row}
+    return vars(make_trial_config(values))
+
+
+def confirmation_points(
+    cfg: StudyConfig, trials: pd.DataFrame, front_ids: list[str], seeds: int
+) -> list[dict[str, Any]]:
+    """The front's configurations, then the baselines, each at `seeds` fresh seeds."""
+    baseline_ids = [m for m in cfg.baselines if (trials["config/config_id"] == m).any()]
+    return [
+        {
+            **trial_config_of(trials, config_id),
+            "stage": "confirm",
+            "replicate": j,
+            "seed": confirm_seed(cfg.trial.seed, j),
+        }
+        for config_id in [*front_ids, *baseline_ids]
+        for j in range(seeds)
+    ]
+
+
+def _read_plan(cfg: StudyConfig) -> list[dict] | None:
+    import pyarrow.fs as pafs
+
+    from analysis.results import _read_text, open_study_fs
+
+    fs, root = open_study_fs(cfg.study_dir)
+    path = posixpath.join(root, PLAN_FILE)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    return json.loads(_read_text(fs, path))
+
+
+def _archive_previous(cfg: StudyConfig) -> None:
+    """A re-run with another plan keeps the old confirmation beside, never deletes it."""
+    import pyarrow.fs as pafs
+
+    from analysis.results import open_study_fs
+
+    fs, root = open_study_fs(cfg.study_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in (CONFIRMATION_DIR, PLAN_FILE):
+        path = posixpath.join(root, name)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.move(path, f"{path}.{stamp}")
+            print(f"previous {name} kept as {name}.{stamp}")
+
+
+def run_confirmation(cfg: StudyConfig, front_ids: list[str], out_dir: Path) -> pd.DataFrame:
+    """Run (or resume) the confirmation of front_ids and the baselines; write and return the
+    answer table. Ray must be connected."""
+    from analysis.results import load_trials, write_text
+    from study.sweep import _fixed_trials_tuner
+
+    trials = load_trials(cfg.study_dir)
+    trials = trials[trials["experiment"] != CONFIRMATION_DIR]
+    points = confirmation_points(cfg, trials, front_ids, cfg.confirm_seeds)
+    previous = _read_plan(cfg)
+    if previous is not None and previous != json.loads(json.dumps(points)):
+        _archive_previous(cfg)
+        previous = None
+    if previous is None:
+        write_text(cfg.study_dir, PLAN_FILE, json.dumps(points, indent=1))
+    n_configs = len(points) // max(cfg.confirm_seeds, 1)
+    print(f"\nConfirmation: {n_configs} configurations x {cfg.confirm_seeds} fresh seeds, "
+          "evaluated on the test split")  # fmt: skip
+    _fixed_trials_tuner(cfg, f"{cfg.study_dir}/{CONFIRMATION_DIR}", points).fit()
+    return write_confirmation_tables(cfg, out_dir)
+
+
+def write_confirmation_tables(cfg: StudyConfig, out_dir: Path) -> pd.DataFrame:
+    """confirmation.csv, confirmed.csv, selection_bias.csv and answer.csv; returns the answer."""
+    from analysis.replicates import aggregate_configs, answer_table, selection_bias
+    from analysis.results import load_trials
+
+    trials = load_trials(cfg.study_dir)
+    confirmation = trials[trials["experiment"] == CONFIRMATION_DIR]
+    metrics = [m for m in CONFIRM_METRICS if m in confirmation]
+    confirmed = aggregate_configs(confirmation, metrics, list(cfg.search))
+    front = pd.read_csv(out_dir / "pareto.csv")
+    bias = selection_bias(front, confirmed, cfg.objectives)
+    answer = answer_table(confirmation)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    confirmation.to_csv(out_dir / "confirmation.csv", index=False)
+    confirmed.to_csv(out_dir / "confirmed.csv", index=False)
+    bias.to_csv(out_dir / "selection_bias.csv", index=False)
+    answer.to_csv(out_dir / "answer.csv", index=False)
+    return answer
+
+
+def front_ids_of(out_dir: Path) -> list[str]:
+    """The configurations on the study's front (pareto.csv, written after the search)."""
+    path = out_dir / "pareto.csv"
+    front = pd.read_csv(path) if path.exists() and path.stat().st_size else pd.DataFrame()
+    if front.empty or "config_id" not in front:
+        raise ConfigError(
+            f"{out_dir}: the study has no front yet (no finished searched configuration in "
+            "pareto.csv); run or resume the search first: python -m study.sweep --resume"
+        )
+    return front["config_id"].astype(str).tolist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from study.sweep import STUDY_FILE, _is_remote, connect_ray, summarize
+
+    p = argparse.ArgumentParser(
+        prog="python -m study.confirm",
+        description="Confirm a finished study's front and baselines on the test split with "
+        "fresh seeds (runs, resumes or re-runs the confirmation).",
+    )
+    p.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (local path)")
+    p.add_argument("--confirm-seeds", type=int, metavar="M", help="default: the study's setting")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster to join (see study.sweep)")
+    args = p.parse_args(argv)
+    try:
+        study_file = Path(args.study_dir) / STUDY_FILE
+        if _is_remote(args.study_dir) or not study_file.is_file():
+            raise ConfigError(f"{args.study_dir}: not a local study directory (no {STUDY_FILE})")
+        values = json.loads(study_file.read_text())
+        if args.confirm_seeds is not None:
+            values["confirm_seeds"] = args.confirm_seeds
+        cfg = build_study_config(values)
+        if cfg.confirm_seeds == 0:
+            print("--confirm-seeds 0: nothing to confirm")
+            return 0
+        out_dir = Path(cfg.study_dir)
+        summarize(cfg, out_dir)
+        front_ids = front_ids_of(out_dir)
+        connect_ray(args.address)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_confirmation(cfg, front_ids, out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
