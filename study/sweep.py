@@ -145,7 +145,7 @@ def with_gpus_per_trial(cfg: StudyConfig, gpus: float | None) -> StudyConfig:
     if gpus is None:
         return cfg
     t = cfg.trial
-    holders = t.num_workers * (2 if t.method == "lime_refine" else 1)
+    holders = t.num_workers * (2 if t.method == "lime_refine" and t.lime_actors else 1)
     each = gpus / holders
     if not 0 < gpus <= 1024 or (each > 1 and not each.is_integer()):
         raise ConfigError(
@@ -298,7 +298,7 @@ def trial_resources(cfg: StudyConfig) -> dict[str, float]:
     """What one trial holds: its Train workers and each worker's LIME actors (which together
     hold one more worker's share of GPU, see trainables.refine.train_loop_per_worker)."""
     t = cfg.trial
-    lime = t.method == "lime_refine"
+    lime = t.method == "lime_refine" and t.lime_actors > 0
     return {
         "CPU": t.num_workers
         * (t.cpus_per_worker + (t.lime_actors * t.cpus_per_lime_actor if lime else 0)),
@@ -363,11 +363,12 @@ def _concurrency(cfg: StudyConfig) -> int:
 
 def _fixed_trials_tuner(cfg: StudyConfig, path: str, points: list[dict[str, Any]]):
     """A Tuner that runs exactly these (complete) trial configs, in order: baselines and the
-    confirmation. Each point is a whole config, so the param_space is empty."""
+    confirmation. (Tune wants every key of a point in the param_space: the study's trial
+    config is that space, and each point overrides it.)"""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=_concurrency(cfg))
-    return _tuner(cfg, path, {}, generator, len(points))
+    return _tuner(cfg, path, dict(vars(cfg.trial)), generator, len(points))
 
 
 def make_tuner(cfg: StudyConfig):

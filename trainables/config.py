@@ -52,7 +52,7 @@ class TrialConfig:
     lime_samples: int = 300
     lime_backend: str = "lime"
     segmentation: str = "auto"
-    lime_actors: int = 1
+    lime_actors: int = 1  # 0: explain inside the Train worker (one process less per trial)
     cpus_per_lime_actor: float = 1.0
     # feature masking
     mask_ratio: float = 0.25
@@ -123,7 +123,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "lime_samples": (lambda v: 10 <= v <= 100_000, "must be in [10, 100000]"),
     "lime_backend": (lambda v: v in BACKENDS, f"must be one of {BACKENDS}"),
     "segmentation": (lambda v: v in SEGMENTATIONS, f"must be one of {SEGMENTATIONS}"),
-    "lime_actors": (lambda v: 1 <= v <= 1024, "must be in [1, 1024]"),
+    "lime_actors": (lambda v: 0 <= v <= 1024, "must be in [0, 1024] (0 = in the worker)"),
     "cpus_per_lime_actor": (lambda v: 0 < v <= 256, "must be in (0, 256]"),
     "mask_ratio": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "mask_strategy": (lambda v: v in MASK_STRATEGIES, f"must be one of {MASK_STRATEGIES}"),

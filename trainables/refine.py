@@ -525,8 +525,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return
 
     splits = load_trial_splits(cfg)
-    pool = None
-    if _uses_lime(cfg):
+    pool, explain = None, None  # None: refine explains in this process
+    if _uses_lime(cfg) and cfg.lime_actors > 0:
         pool = ExplainerPool(
             {"name": cfg.model, **model_spec(cfg, splits)},
             cfg.lime_actors,
@@ -537,9 +537,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             gpus_per_actor=cfg.gpus_per_worker / cfg.lime_actors if cfg.gpus_per_worker else 0.0,
         )
 
-    def explain(model, images, labels, segments):
-        pool.update_weights({k: v.cpu() for k, v in model.state_dict().items()})
-        return pool.explain(images, labels, segments)
+        def explain(model, images, labels, segments):
+            pool.update_weights({k: v.cpu() for k, v in model.state_dict().items()})
+            return pool.explain(images, labels, segments)
 
     def report(metrics, state):
         with tempfile.TemporaryDirectory() as d:
