@@ -241,3 +241,51 @@ def importance_figure(importances: pd.DataFrame) -> Figure:
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_xlim(0, max(1.0, math.ceil(importances.to_numpy().max() * 10) / 10))
     return fig
+
+
+def config_front_figure(
+    configs: pd.DataFrame, objectives: dict[str, str], *, title: str | None = None
+) -> Figure:
+    """Configurations' means with 95% interval error bars (x and y: the first two objectives),
+    the front of the searched configurations highlighted, baselines named."""
+    from analysis.replicates import config_front
+
+    x, y = list(objectives)[:2]
+    dx, dy = objectives[x], objectives[y]
+    is_base = configs["method"].isin(list(BASELINES)) if len(configs) else pd.Series(dtype=bool)
+    searched, base = configs[~is_base], configs[is_base]
+    front = config_front(searched, {x: dx, y: dy})
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    ax = fig.subplots()
+
+    def bars(df, **style):
+        mx, my = 100 * df[f"{x}_mean"], 100 * df[f"{y}_mean"]
+        ex = [mx - 100 * df[f"{x}_ci_low"], 100 * df[f"{x}_ci_high"] - mx]
+        ey = [my - 100 * df[f"{y}_ci_low"], 100 * df[f"{y}_ci_high"] - my]
+        ax.errorbar(mx, my, xerr=ex, yerr=ey, linestyle="none", capsize=2, **style)
+
+    bars(searched, marker="o", color="0.55", label=f"{METHOD_LABEL} ({len(searched)} configs)")
+    if len(front):
+        bars(front, marker="*", markersize=12, color=FRONT_COLOR, label="Pareto-optimal by mean")
+        for _, row in front.iterrows():
+            share = row.get("p_front")
+            text = row["config_id"] + (f" (p_front {share:.2f})" if pd.notna(share) else "")
+            ax.annotate(text, (100 * row[f"{x}_mean"], 100 * row[f"{y}_mean"]),
+                        xytext=(5, 4), textcoords="offset points", fontsize=8)  # fmt: skip
+    for _, row in base.iterrows():
+        marker, color = _BASELINE_STYLE.get(row["method"], ("X", "black"))
+        bars(row.to_frame().T.astype({f"{x}_mean": float}), marker=marker, color=color,
+             markersize=8, label=f"Baseline: {method_label(row['method'])}")  # fmt: skip
+    ax.set_xlabel(label(x, dx) + " (mean, 95% CI)")
+    ax.set_ylabel(label(y, dy) + " (mean, 95% CI)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    ax.set_title(title or "Configurations by their mean over replicates", fontsize=11)
+    return fig
+
+
+def plot_config_front(
+    configs: pd.DataFrame, objectives: dict[str, str], path: str | os.PathLike, *, title=None
+) -> None:
+    """Save config_front_figure() to path."""
+    config_front_figure(configs, objectives, title=title).savefig(path, dpi=150)

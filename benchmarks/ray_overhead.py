@@ -4,8 +4,10 @@
     python -m benchmarks.ray_overhead --preset cifar10 --data-dir ../shared/data --gpus-per-trial 1
 
 Same trial config both ways: the preset's fixed values, nothing searched.
-Direct: `refine` in this process, LIME in-process. Through Ray: `run_study` with one trial on an
-already started Ray instance (its start-up is reported apart), LIME on the trial's Ray actor.
+Direct: `refine` in this process, LIME in-process. Through Ray: `run_study` with one trial (one
+replicate, no baselines, no confirmation) on an already started Ray instance (its start-up is
+reported apart), LIME where the preset puts it (digits: in the Train worker; cifar10: on the
+trial's Ray actor).
 """
 
 import argparse
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(
         None,
         {"preset": args.preset, "name": "overhead", "storage": storage, "num_samples": 1,
-         "search": fixed, "trial": trial, "baselines": []},
+         "search": fixed, "trial": trial, "baselines": [], "replicates": 1, "confirm_seeds": 0},
     )  # fmt: skip
     cfg = with_gpus_per_trial(cfg, args.gpus_per_trial)
     device = "cuda" if cfg.trial.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
