@@ -69,6 +69,9 @@ class StudyConfig:
     replicates: int = 2
     # Fresh seeds with which the front and the baselines are re-trained and tested (0 = skip).
     confirm_seeds: int = 3
+    # Early stopping of the search: {type: fifo} (none) or {type: mo-asha, grace_rounds,
+    # reduction_factor} (study/scheduler.py); baselines and confirmation never stop early.
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "fifo"})
 
     @property
     def study_dir(self) -> str:
@@ -152,6 +155,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 STUDY_KEYS = {
     "name", "storage", "preset", "num_samples", "max_concurrent_trials", "searcher",
     "seed", "objectives", "search", "trial", "baselines", "replicates", "confirm_seeds",
+    "scheduler",
 }  # fmt: skip
 
 
@@ -304,7 +308,17 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
         baselines=tuple(baselines),
         replicates=_check_int("replicates", values.get("replicates", 2), 1, MAX_REPLICATES),
         confirm_seeds=_check_int("confirm_seeds", values.get("confirm_seeds", 3), 0, 1000),
+        scheduler=_scheduler(values.get("scheduler")),
     )
+
+
+def _scheduler(raw: Any) -> dict[str, Any]:
+    from study.scheduler import validate_scheduler_settings  # imports Ray Tune: only here
+
+    try:
+        return validate_scheduler_settings(raw)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def load_config(path: str | os.PathLike | None, overrides: dict[str, Any]) -> StudyConfig:

@@ -103,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="GPUs one trial holds, split evenly between its Train workers and their LIME "
         "actors; a fraction (0.25) packs several trials onto one GPU (default: 0, CPU only)",
     )
+    p.add_argument(
+        "--scheduler",
+        choices=["fifo", "mo-asha"],
+        help="stop dominated configurations early (multi-objective successive halving over the "
+        "rounds; settings in YAML `scheduler:`); default: fifo (no early stopping)",
+    )
     p.add_argument("--seed", type=int, help="seed of the search and of every trial")
     p.add_argument(
         "--check-cluster",
@@ -127,6 +133,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["replicates"] = args.replicates
     if args.confirm_seeds is not None:
         out["confirm_seeds"] = args.confirm_seeds
+    if args.scheduler is not None:
+        out["scheduler"] = {"type": args.scheduler}
     trial: dict[str, Any] = {}
     if args.dataset is not None:
         trial["dataset"] = args.dataset
@@ -327,7 +335,9 @@ def _trainable(cfg: StudyConfig):
     return tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024**2})
 
 
-def _tuner(cfg: StudyConfig, path: str, param_space: dict, search_alg, num_samples: int):
+def _tuner(
+    cfg: StudyConfig, path: str, param_space: dict, search_alg, num_samples: int, scheduler=None
+):
     """A new Tuner at path, or the one already there (resumed with its searcher's state).
 
     search_alg: a Searcher (Tune limits its concurrency to max_concurrent_trials) or a
@@ -348,6 +358,7 @@ def _tuner(cfg: StudyConfig, path: str, param_space: dict, search_alg, num_sampl
             num_samples=num_samples,
             max_concurrent_trials=_concurrency(cfg) if isinstance(search_alg, Searcher) else None,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            scheduler=scheduler,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0)
@@ -375,7 +386,27 @@ def make_tuner(cfg: StudyConfig):
     """The search: Optuna samples the searched keys, each configuration runs `replicates`
     times (stage "search"), the rest of the trial config is fixed."""
     space = {**search_space(cfg), "stage": "search"}
-    return _tuner(cfg, cfg.study_dir, space, make_searcher(cfg), cfg.num_samples * cfg.replicates)
+    searcher = make_searcher(cfg)
+    scheduler = None
+    if cfg.scheduler["type"] == "mo-asha":
+        from study.scheduler import MOASHAScheduler
+
+        scheduler = MOASHAScheduler(
+            cfg.objectives,
+            max_rounds=cfg.trial.rounds,
+            grace_rounds=cfg.scheduler["grace_rounds"],
+            reduction_factor=cfg.scheduler["reduction_factor"],
+            replicates=cfg.replicates,
+            on_config_stopped=searcher.config_stopped,
+            state_path=str(scheduler_state_path(cfg)),
+        )
+    total = cfg.num_samples * cfg.replicates
+    return _tuner(cfg, cfg.study_dir, space, searcher, total, scheduler)
+
+
+def scheduler_state_path(cfg: StudyConfig) -> Path:
+    """The early-stopping decisions (a local file: for a remote study, beside its tables)."""
+    return _local_out_dir(cfg) / "scheduler_state.json"
 
 
 def baseline_points(cfg: StudyConfig) -> list[dict[str, Any]]:
@@ -416,10 +447,16 @@ def summarize(cfg: StudyConfig, out_dir: Path):
     from analysis.plots import plot_config_front
     from analysis.replicates import aggregate_configs, config_front, p_front
     from analysis.results import load_trials
+    from study.scheduler import stopped_configs
 
     trials = load_trials(cfg.study_dir)
     if "config/stage" in trials:
         trials.insert(2, "stage", trials.pop("config/stage"))
+    stopped = stopped_configs(str(scheduler_state_path(cfg)))
+    if stopped and "config/config_id" in trials:  # stopped early: kept out of every front
+        rung = trials["config/config_id"].map(stopped).where(trials["experiment"] == cfg.name)
+        trials.loc[rung.notna(), "status"] = "STOPPED"
+        trials["stopped_at_rung"] = rung
     study = trials[trials["experiment"] != CONFIRMATION_DIR]
     metrics = [*cfg.objectives, *(m for m in VAL_METRICS if m not in cfg.objectives)]
     configs = aggregate_configs(study, metrics, list(cfg.search))
