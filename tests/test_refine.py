@@ -218,3 +218,11 @@ def test_search_trials_report_validation_metrics_only(digits):
     out = refine(make_trial_config({**TINY, "pool_size": 0, "eval_grid": "0.1"}), splits=digits)
     assert {"val_clean_acc", "val_pgd_acc", "val_blackbox_acc", "val_masking"} <= out.keys()
     assert not any(k.startswith(("fgsm", "test_", "masking")) for k in out)
+
+
+def test_augmentation_in_the_loop_is_seeded(digits):
+    values = {**TINY, "pool_size": 8, "augment": "flip_translate"}
+    a = refine(make_trial_config(values), splits=digits)
+    b = refine(make_trial_config(values), splits=digits)
+    plain = refine(make_trial_config({**values, "augment": "none"}), splits=digits)
+    assert a["train_loss"] == b["train_loss"] != plain["train_loss"]

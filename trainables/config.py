@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.attacks import NORMS
+from trainables.augment import AUGMENTATIONS
 from trainables.data import DATASETS, TRAIN_SIZES
 from trainables.explain import BACKENDS
 from trainables.models import ARCHITECTURES
@@ -47,6 +48,7 @@ class TrialConfig:
     batch_size: int = 64
     lr: float = 0.05
     weight_decay: float = 5e-4
+    augment: str = "auto"  # flip_translate | none | auto (flip_translate for CIFAR, none else)
     # LIME explanation of the pool
     pool_size: int = 64
     lime_samples: int = 300
@@ -119,6 +121,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "batch_size": (lambda v: 1 <= v <= 65536, "must be in [1, 65536]"),
     "lr": (lambda v: 0 < v <= 10, "must be in (0, 10]"),
     "weight_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "augment": (lambda v: v in AUGMENTATIONS, f"must be one of {AUGMENTATIONS}"),
     "pool_size": (lambda v: 0 <= v <= 1_000_000, "must be in [0, 1000000]"),
     "lime_samples": (lambda v: 10 <= v <= 100_000, "must be in [10, 100000]"),
     "lime_backend": (lambda v: v in BACKENDS, f"must be one of {BACKENDS}"),

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from trainables import objectives
+from trainables import augment, objectives
 from trainables.attacks import FGSM, PGD
 from trainables.config import TrialConfig, make_trial_config
 from trainables.data import Splits, load_splits, subset
@@ -370,6 +370,7 @@ def refine(
         steps_per_epoch = math.ceil(len(xs) / cfg.batch_size)
         total_steps = cfg.rounds * cfg.epochs_per_round * steps_per_epoch
         losses = []
+        augmentation = augment.resolve(cfg.augment, cfg.dataset)
         for epoch in range(cfg.epochs_per_round):
             gen = torch.Generator().manual_seed(cfg.seed * 104729 + round_ * 1000 + epoch)
             order = torch.randperm(len(xs), generator=gen)
@@ -379,6 +380,8 @@ def refine(
                     continue
                 x, y = xs[batch].to(device), ys[batch].to(device)
                 w = maps[batch].to(device)
+                if augmentation == "flip_translate":  # the weight map moves with its image
+                    x, w = augment.flip_translate((x, w), gen)
                 for group in opt.param_groups:  # linear decay to zero (airbench-style)
                     group["lr"] = cfg.lr * max(0.0, 1 - step / total_steps)
                 reg_scale = penalty_warmup(cfg, step, steps_per_epoch)

@@ -1,0 +1,43 @@
+"""CIFAR augmentation: seeded, shape- and label-preserving, the map moving with its image."""
+
+import torch
+
+from trainables.augment import flip_translate, resolve
+
+
+def test_deterministic_under_a_seed_and_shapes_kept():
+    x = torch.rand(16, 3, 32, 32)
+    a = flip_translate((x,), torch.Generator().manual_seed(3))[0]
+    b = flip_translate((x,), torch.Generator().manual_seed(3))[0]
+    c = flip_translate((x,), torch.Generator().manual_seed(4))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == x.shape
+
+
+def test_each_image_is_a_translated_or_flipped_copy_of_itself():
+    """Labels are untouched by construction (the function never sees them); check that image i
+    stays image i: its centre crop (unaffected by up to 4 pixels of shift) matches image i's
+    shifted or flipped centre, and no other image's."""
+    x = torch.rand(8, 1, 16, 16)
+    (out,) = flip_translate((x,), torch.Generator().manual_seed(0))
+    for i in range(8):
+        matches = []
+        for j in range(8):
+            for img in (x[j], x[j].flip(-1)):
+                for dy in range(-4, 5):
+                    for dx in range(-4, 5):
+                        ref = img[:, 4 + dy : 12 + dy, 4 + dx : 12 + dx]
+                        if torch.equal(out[i, :, 4:12, 4:12], ref):
+                            matches.append(j)
+        assert set(matches) == {i}
+
+
+def test_the_weight_map_moves_with_its_image():
+    x = torch.rand(4, 3, 8, 8)
+    w = x[:, :1].clone()  # a map equal to the first channel must stay equal to it
+    out_x, out_w = flip_translate((x, w), torch.Generator().manual_seed(1))
+    assert torch.equal(out_x[:, :1], out_w)
+
+
+def test_auto_is_on_for_cifar_only():
+    assert resolve("auto", "cifar10") == "flip_translate" and resolve("auto", "digits") == "none"
+    assert resolve("none", "cifar10") == "none"
