@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from trainables.config import TrialConfig, make_trial_config
+from trainables.corruptions import require_frost
 from trainables.data import load_splits
 from trainables.refine import refine
 from trainables.trial_eval import cifar10c_subset, eps_tag
@@ -159,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         help="eps for PGD-50 and AutoAttack, comma-separated (e.g. the whole grid)",
     )
     args = p.parse_args(argv)
+    if SCALES[args.scale]["cifar10c_images"]:
+        try:
+            require_frost()  # one line, before any data is read or anything trained
+        except RuntimeError as e:
+            sys.exit(f"reproduce_cifar10: {e}")
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(args.out)

@@ -1,13 +1,17 @@
 """Dataset loading: the embedded digits and the shared CIFAR-10 JPEG copy."""
 
+import os
+import shutil
 import tarfile
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from trainables import data
-from trainables.data import DataError, TestSplitSealed, load_splits
+from trainables.data import DataError, SealedSplitError, load_splits
 
 
 def test_digits_split_is_fixed_stratified_and_in_range():
@@ -100,7 +104,113 @@ def test_validation_is_carved_from_train_and_the_test_split_can_be_sealed():
     train = {tuple(x.flatten().tolist()) for x in full.train_x}
     assert not any(tuple(x.flatten().tolist()) in train for x in full.val_x[:50])
     assert torch.bincount(full.val_y, minlength=10).min() >= 25  # stratified
-    with pytest.raises(TestSplitSealed, match="sealed"):
+    with pytest.raises(SealedSplitError, match="sealed"):
         _ = sealed.test_x
     with pytest.raises(DataError, match="val_size"):
         load_splits("digits", val_size=1347)
+
+
+def _rewrite_first_image(root, value: int, keep_date: bool = False):
+    """Overwrite train/c0/0000.png with a flat image; keep_date puts its old mtime back."""
+    from PIL import Image
+
+    path = root / "train" / "c0" / "0000.png"
+    before = path.stat()
+    Image.fromarray(np.full((32, 32, 3), value, dtype=np.uint8)).save(path)
+    if keep_date:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return path
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Count the image folders actually decoded (cache misses)."""
+    calls = []
+    decode = data._decode_image_folder
+    monkeypatch.setattr(data, "_decode_image_folder", lambda *a: calls.append(a[0]) or decode(*a))
+    return calls
+
+
+def test_changed_images_miss_the_decoded_cache(tmp_path, monkeypatch, decodes):
+    monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "folder"
+    _make_image_folder(root)
+    path = _rewrite_first_image(root, 10)
+    first = data._image_folder_split(root, "train", data_classes())[0]
+    assert np.array_equal(data._image_folder_split(root, "train", data_classes())[0], first)
+    assert len(decodes) == 1  # the second call was a hit
+    size, mtime = path.stat().st_size, path.stat().st_mtime_ns
+    _rewrite_first_image(root, 200, keep_date=True)  # other pixels, same name, size and date
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (size, mtime)
+    second = data._image_folder_split(root, "train", data_classes())[0]
+    assert first[0].max() == 10 and second[0].min() == 200 and len(decodes) == 2
+    # the key is the content, not the place: the same files elsewhere hit the cache
+    shutil.copytree(root, tmp_path / "copy")
+    third = data._image_folder_split(tmp_path / "copy", "train", data_classes())[0]
+    assert np.array_equal(third, second) and len(decodes) == 2
+    assert len(list((tmp_path / "cache" / "decoded").glob("*train*.npz"))) == 2
+
+
+def test_the_remembered_fingerprint_never_outlives_a_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "folder"
+    _make_image_folder(root)
+    # a fresh tree is hashed every time ("racily clean"): nothing is remembered for it
+    digest = data._tree_fingerprint(root / "train")
+    assert not (tmp_path / "cache" / "decoded" / "fingerprints").exists()
+    monkeypatch.setattr(data, "_RACY_NS", 0)  # as if the files were old
+    assert data._tree_fingerprint(root / "train") == digest
+    (memo,) = (tmp_path / "cache" / "decoded" / "fingerprints").iterdir()
+    memo.write_text("f" * 64)  # a remembered digest is used as it is...
+    assert data._tree_fingerprint(root / "train") == "f" * 64
+    time.sleep(0.05)  # past any file-system clock tick: the rewrite gets a new ctime
+    _rewrite_first_image(root, 7, keep_date=True)
+    # ...until any file changes, whatever its size and date
+    assert data._tree_fingerprint(root / "train") not in (digest, "f" * 64)
+
+
+def test_another_archive_of_the_same_name_misses_the_unpacked_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
+    _make_image_folder(tmp_path / "folder")
+    archive = tmp_path / "cifar.tar.gz"
+    roots = []
+    for value in (10, 200):
+        _rewrite_first_image(tmp_path / "folder", value)
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tmp_path / "folder", arcname="cifar")
+        roots.append(data._unpack(archive))
+        x = data._image_folder_split(roots[-1], "train", data_classes())[0]
+        assert x[0].min() == value and x[0].max() == value
+    assert roots[0] != roots[1]
+    # the same archive again is a hit: nothing is unpacked, and no temporary folder is left
+    monkeypatch.setattr(data.tarfile, "open", None)
+    assert data._unpack(archive) == roots[1]
+    assert sorted(p.name for p in (tmp_path / "cache" / "unpacked").iterdir()) == sorted(
+        p.parent.name for p in roots
+    )
+
+
+def test_cifar10c_cache_is_keyed_by_the_images_it_was_cut_from(tmp_path, monkeypatch):
+    from trainables import trial_eval
+
+    monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
+    generated = []
+
+    def fake_write(images, labels, out_dir):  # the generator itself is tested elsewhere
+        generated.append(out_dir)
+        out_dir.mkdir(parents=True)
+        np.save(out_dir / "labels.npy", labels)
+
+    monkeypatch.setattr(trial_eval, "write_cifar10c", fake_write)
+
+    def splits(value: float, name: str = "cifar10"):  # all that cifar10c_subset reads
+        x = torch.full((4, 3, 32, 32), value)
+        return SimpleNamespace(name=name, test_x=x, test_y=torch.arange(4))
+
+    a = trial_eval.cifar10c_subset(splits(0.1), 4)
+    assert trial_eval.cifar10c_subset(splits(0.1), 4) == a and len(generated) == 1  # a hit
+    b = trial_eval.cifar10c_subset(splits(0.2), 4)  # other pixels: a miss
+    c = trial_eval.cifar10c_subset(splits(0.1, "cifar100"), 4)  # other dataset: a miss
+    monkeypatch.setattr(trial_eval, "GENERATOR_VERSION", trial_eval.GENERATOR_VERSION + 1)
+    d = trial_eval.cifar10c_subset(splits(0.1), 4)  # another generator: a miss
+    assert len({a, b, c, d}) == 4 and len(generated) == 4

@@ -225,6 +225,13 @@ def make_trial_config(values: dict[str, Any]) -> TrialConfig:
         raise ConfigError("trial.attack_norm: 'l2' needs train_attack 'pgd' (FGSM is L-inf only)")
     if cfg.model_width and cfg.model != "fast_cnn":
         raise ConfigError("trial.model_width: only fast_cnn has a width; leave it 0")
+    if cfg.cifar10c_images:
+        from trainables.corruptions import require_frost  # CIFAR-10-C runs every corruption
+
+        try:
+            require_frost()
+        except RuntimeError as e:
+            raise ConfigError(f"trial.cifar10c_images: {e}") from e
     train_size = TRAIN_SIZES[cfg.dataset]
     if cfg.val_size is not None and cfg.val_size >= train_size - 100:
         raise ConfigError(

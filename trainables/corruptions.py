@@ -4,14 +4,16 @@ CIFAR severities, without OpenCV or ImageMagick and working with numpy 2 / sciki
 Each corruption follows the authors' CIFAR code (make_cifar_c.py) with numpy/scipy/PIL stand-ins:
 cv2.filter2D -> scipy correlate (mode "mirror" is OpenCV's reflect-101), cv2.warpAffine ->
 map_coordinates, ImageMagick's motion blur -> the shift-and-add kernel of `imagecorruptions`.
-Frost blends in the authors' frost photos, read from the `imagecorruptions` wheel (installed
-without its OpenCV dependency: nothing of it is imported); without it, frost raises.
+Frost blends in the authors' frost photos, which ship with this package (`trainables/frost/`,
+Apache-2.0, copied from the `imagecorruptions` wheel; see the README there); `require_frost`
+fails before any work when an install lacks them.
 Randomness comes from one generator per (seed, corruption, severity, image index), so any
 subset of images is corrupted exactly as in the full set.
 """
 
-import importlib.util
+import hashlib
 import math
+import os
 from collections.abc import Sequence
 from functools import cache
 from io import BytesIO
@@ -34,6 +36,8 @@ CORRUPTIONS = (
     "contrast", "elastic_transform", "pixelate", "jpeg_compression",
 )  # fmt: skip
 SEVERITIES = (1, 2, 3, 4, 5)
+# Bump when a corruption's code or parameters change: cached sets are keyed by it.
+GENERATOR_VERSION = 1
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -120,18 +124,48 @@ def _plasma_fractal(size: int, decay: float, rng: np.random.Generator) -> np.nda
     return grid / grid.max()
 
 
+FROST_DIR = Path(__file__).with_name("frost")
+# The authors' first five frost photos (the CIFAR generator samples from these five), with the
+# SHA-256 of each as it ships in imagecorruptions 1.1.2: checked before use, because a cached
+# CIFAR-10-C set is keyed by GENERATOR_VERSION, not by the photos.
+FROST_SHA256 = {
+    "frost1.png": "ff9f907860bd7a835d459e32f9d588062b7f61ee267343cc7222b56753a14755",
+    "frost2.png": "fe211a89b336999c207a852ce05818d4545d0b57c5beadd824b4cc9d9a9b6137",
+    "frost3.png": "2d0d50b4a9bb213f38b024ef7768731bb83cc08d2f26b5766bbc167cdfa0e504",
+    "frost4.jpg": "3f8b91ca1a9fa7167b09e773da53f5ae60d0a1fd88f02a783f6e328a72887f6e",
+    "frost5.jpg": "5fc6a19df4a429ba68abdcc8f8a4278d4c9f81c9ccafd2c92ab0c8cf8992ebd2",
+}
+FROST_FILES = tuple(FROST_SHA256)
+
+
+def _frost_folder() -> Path | None:
+    """The folder of the frost photos, or None when this install lacks any of them."""
+    return FROST_DIR if all((FROST_DIR / f).is_file() for f in FROST_FILES) else None
+
+
+def require_frost(corruptions: Sequence[str] = ("frost",)) -> None:
+    """Fail before any work when frost is asked for and its photos are missing (an install
+    without the package data: they ship with the project)."""
+    if "frost" in corruptions and _frost_folder() is None:
+        raise RuntimeError(
+            f"CIFAR-10-C frost needs the frost photos in {FROST_DIR}, which this install lacks: "
+            "reinstall the project (pip install -e . in its clone)"
+        )
+
+
 @cache
 def _frost_textures() -> tuple[np.ndarray, ...]:
-    """The authors' first five frost photos (as they sample), RGB, scaled by 0.2 as for CIFAR."""
-    spec = importlib.util.find_spec("imagecorruptions")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "frost needs the authors' frost photos: pip install --no-deps imagecorruptions==1.1.2"
-        )
-    folder = Path(spec.submodule_search_locations[0]) / "frost"
+    """The five frost photos, RGB, scaled by 0.2 as the authors do for CIFAR."""
+    require_frost()
     textures = []
-    for name in ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg"):
-        with Image.open(folder / name) as im:
+    for name, digest in FROST_SHA256.items():
+        data = (FROST_DIR / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise RuntimeError(
+                f"{FROST_DIR / name} is not the authors' frost photo (SHA-256 mismatch): "
+                "reinstall the project (pip install -e . in its clone)"
+            )
+        with Image.open(BytesIO(data)) as im:
             im = im.convert("RGB")
             size = (round(im.width * 0.2), round(im.height * 0.2))
             textures.append(np.asarray(im.resize(size, Image.BILINEAR), dtype=np.float64))
@@ -325,15 +359,26 @@ def write_cifar10c(
     images_uint8 = np.asarray(images_uint8)
     if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
         raise ValueError("images must be uint8 (N, H, W, 3)")
+    require_frost(corruptions)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in corruptions:
         data = np.concatenate([corrupt_images(images_uint8, name, s, seed) for s in severities])
-        tmp = out / f"{name}.tmp.npy"
-        np.save(tmp, data)
-        tmp.replace(out / f"{name}.npy")  # a killed run never leaves a half-written file
-    np.save(out / "labels.npy", np.tile(np.asarray(labels, dtype=np.int64), len(severities)))
+        _save_atomic(out / f"{name}.npy", data)
+    # labels.npy last: its presence means the set is complete
+    _save_atomic(out / "labels.npy", np.tile(np.asarray(labels, dtype=np.int64), len(severities)))
     return out
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file of this process's own, then a rename: a killed run never
+    leaves a half-written file, and trials writing the same set at once never share one."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{os.urandom(4).hex()}.tmp.npy")
+    try:
+        np.save(tmp, array)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_cifar10c(

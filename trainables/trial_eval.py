@@ -9,6 +9,7 @@ must reach about zero), CIFAR-10-C (`cifar10c_mean`, `cifar10c_<corruption>`) an
 robustness (`attr_<method>_<attack>_eps<tag>_<metric>`) for saliency, IG and LIME.
 """
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from torch import nn
 from trainables.attribution_robustness import attribution_robustness_report
 from trainables.attributions import lime_attribution_map, saliency
 from trainables.config import TrialConfig, parse_grid
-from trainables.corruptions import corruption_accuracy, write_cifar10c
+from trainables.corruptions import (
+    CORRUPTIONS,
+    GENERATOR_VERSION,
+    SEVERITIES,
+    corruption_accuracy,
+    write_cifar10c,
+)
 from trainables.data import Splits, cache_dir, subset
 from trainables.evaluate import (
     gradient_masking_checks,
@@ -66,12 +73,20 @@ def _attack_metrics(
 
 def cifar10c_subset(splits: Splits, n: int) -> Path:
     """A fixed n-image CIFAR-10-C subset of the test set (15 corruptions x 5 severities),
-    generated once and cached: trials of a study share it."""
-    out_dir = cache_dir() / "cifar10c" / f"n{n}-seed0"
+    generated once and cached: trials of a study share it.
+
+    The cache key is everything that determines the content: the dataset, a SHA-256 of the
+    subset's own pixels and labels (so another copy of CIFAR-10, or CIFAR-100, never reuses
+    it), the corruptions, severities and seed, and the generator's version.
+    """
+    x, y = subset(splits.test_x, splits.test_y, n, seed=0)
+    images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    labels = y.numpy()
+    key = hashlib.sha256(images.tobytes() + labels.tobytes())
+    key.update(repr((CORRUPTIONS, SEVERITIES, 0, GENERATOR_VERSION)).encode())
+    out_dir = cache_dir() / "cifar10c" / f"{splits.name}-n{n}-{key.hexdigest()[:16]}"
     if not (out_dir / "labels.npy").exists():  # written last: present means complete
-        x, y = subset(splits.test_x, splits.test_y, n, seed=0)
-        images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        write_cifar10c(images, y.numpy(), out_dir)
+        write_cifar10c(images, labels, out_dir)
     return out_dir
 
 
