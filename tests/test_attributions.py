@@ -118,7 +118,11 @@ def test_topk_attack_keeps_labels_and_beats_random_noise(digits_model, digits):
     x, y, eps, k = x[keep], y[keep], 8 / 255, 8
     x_adv = topk_attack(model, x, y, eps=eps, k=k, steps=20, restarts=2)
     assert (x_adv - x).abs().max() <= eps + 1e-6
-    assert torch.equal(model(x_adv).argmax(1), y)
+    # Holds on any CPU: a moved row passed the attack's own no-grad check in a batch of this shape
+    # at this position; an unmoved row is a clean image the model gets right by a logit margin of
+    # 0.97 or more, far above float32 rounding (~1e-6).
+    with torch.no_grad():
+        assert torch.equal(model(x_adv).argmax(1), y)
     original = saliency(model, x, y).abs().sum(1)
     attacked = saliency(model, x_adv, y).abs().sum(1)
     noisy = saliency(model, random_noise_attack(x, eps), y).abs().sum(1)
