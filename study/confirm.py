@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from study.config import ConfigError, StudyConfig, build_study_config, confirm_seed
+from study.console import console_stream, redirect_logs
 from trainables.config import TRIAL_FIELDS, make_trial_config
 
 CONFIRM_METRICS = (
@@ -92,7 +93,7 @@ def _archive_previous(cfg: StudyConfig) -> None:
         path = posixpath.join(root, name)
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.move(path, f"{path}.{stamp}")
-            print(f"previous {name} kept as {name}.{stamp}")
+            print(f"previous {name} kept as {name}.{stamp}", file=console_stream())
 
 
 def run_confirmation(cfg: StudyConfig, front_ids: list[str], out_dir: Path) -> pd.DataFrame:
@@ -112,17 +113,19 @@ def run_confirmation(cfg: StudyConfig, front_ids: list[str], out_dir: Path) -> p
         write_text(cfg.study_dir, PLAN_FILE, json.dumps(points, indent=1))
     n_configs = len(points) // max(cfg.confirm_seeds, 1)
     print(f"\nConfirmation: {n_configs} configurations x {cfg.confirm_seeds} fresh seeds, "
-          "evaluated on the test split")  # fmt: skip
-    _fixed_trials_tuner(cfg, f"{cfg.study_dir}/{CONFIRMATION_DIR}", points).fit()
+          "evaluated on the test split", file=console_stream())  # fmt: skip
+    path = f"{cfg.study_dir}/{CONFIRMATION_DIR}"
+    _fixed_trials_tuner(cfg, path, points, "confirmation").fit()
     return write_confirmation_tables(cfg, out_dir)
 
 
 def write_confirmation_tables(cfg: StudyConfig, out_dir: Path) -> pd.DataFrame:
-    """confirmation.csv, confirmed.csv, selection_bias.csv and answer.csv; returns the answer."""
+    """trials.csv again (now with the confirmation), confirmation.csv, confirmed.csv,
+    selection_bias.csv and answer.csv; returns the answer."""
     from analysis.replicates import aggregate_configs, answer_table, selection_bias
-    from analysis.results import load_trials
+    from study.sweep import write_trials_table
 
-    trials = load_trials(cfg.study_dir)
+    trials = write_trials_table(cfg, out_dir)  # with the confirmation trials now
     confirmation = trials[trials["experiment"] == CONFIRMATION_DIR]
     metrics = [m for m in CONFIRM_METRICS if m in confirmation]
     confirmed = aggregate_configs(confirmation, metrics, list(cfg.search))
@@ -150,7 +153,7 @@ def front_ids_of(out_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from study.sweep import STUDY_FILE, _is_remote, connect_ray, summarize
+    from study.sweep import LOG_FILE, STUDY_FILE, _is_remote, connect_ray, print_answer, summarize
 
     p = argparse.ArgumentParser(
         prog="python -m study.confirm",
@@ -160,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (local path)")
     p.add_argument("--confirm-seeds", type=int, metavar="M", help="default: the study's setting")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster to join (see study.sweep)")
+    p.add_argument(
+        "--verbose", action="store_true", help=f"Ray's own output too (default: {LOG_FILE})"
+    )
     args = p.parse_args(argv)
     try:
         study_file = Path(args.study_dir) / STUDY_FILE
@@ -175,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path(cfg.study_dir)
         summarize(cfg, out_dir)
         front_ids = front_ids_of(out_dir)
+        if not args.verbose:
+            redirect_logs(out_dir / LOG_FILE)
         connect_ray(args.address)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_confirmation(cfg, front_ids, out_dir)
+    print_answer(run_confirmation(cfg, front_ids, out_dir))
     return 0
 
 

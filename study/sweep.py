@@ -26,6 +26,16 @@ from study.config import (
     replicate_seed,
 )
 from study.confirm import CONFIRMATION_DIR, front_ids_of, run_confirmation
+from study.console import (
+    QUIET_TUNE_RUN_CONFIG,
+    StudyConsole,
+    answer_table_text,
+    console_stream,
+    front_table,
+    logs_redirected,
+    quiet_ray_kwargs,
+    redirect_logs,
+)
 from trainables.config import make_trial_config
 from trainables.data import DataError, load_splits
 
@@ -33,6 +43,7 @@ STUDY_FILE = "study.json"
 TRAIN_RUNS_DIR = "train_runs"
 BASELINES_DIR = "baselines"
 RESULT_FILES = ("trials.csv", "configs.csv", "pareto.csv", "pareto.png")
+LOG_FILE = "study.log"  # Ray's, Tune's and PyTorch's own output, unless --verbose
 # Reported beside the objectives: the parts of the worst-case robust accuracy.
 VAL_METRICS = ("val_clean_acc", "val_robust_acc", "val_pgd_acc", "val_blackbox_acc")
 
@@ -111,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, help="seed of the search and of every trial")
     p.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"print Ray's, Tune's and PyTorch's own output too (default: into {LOG_FILE} in "
+        "the study directory, with the study's own lines on the console)",
+    )
+    p.add_argument(
         "--check-cluster",
         metavar="CLUSTER.yaml",
         help="only validate a `ray up` cluster config offline, as Ray does before it "
@@ -184,11 +201,15 @@ def check_paths(cfg: StudyConfig, resume: bool) -> None:
     exists = os.path.exists(os.path.join(cfg.study_dir, STUDY_FILE))
     if resume and not exists:
         raise ConfigError(f"--resume: no study named {cfg.name!r} under {cfg.storage}")
-    if not resume and os.path.exists(cfg.study_dir):
+    if not resume and set(_listdir(cfg.study_dir)) - {LOG_FILE}:
         raise ConfigError(
             f"--name: study {cfg.name!r} already exists in {cfg.storage}; "
             "pass --resume to continue it or choose another --name"
         )
+
+
+def _listdir(path: str) -> list[str]:
+    return os.listdir(path) if os.path.isdir(path) else []
 
 
 def check_cluster_file(path: str) -> None:
@@ -246,20 +267,21 @@ def connect_ray(address: str | None) -> None:
     check_address(address)
     if ray.is_initialized():  # e.g. a notebook or a test that started Ray itself
         return
+    quiet = quiet_ray_kwargs(verbose=not logs_redirected())
     if address and address != "local":
         try:
-            ray.init(address=address)
+            ray.init(address=address, **quiet)
         except ConnectionError as e:
             raise ConfigError(f"--address: cannot join the Ray cluster at {address}: {e}") from e
         return
     if address is None:
         try:
-            ray.init(address="auto")
+            ray.init(address="auto", **quiet)
             return
         except ConnectionError:
             pass
     # Ray Train needs the state API, which the dashboard serves: bind it to localhost only.
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1")
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
 
 
 def search_space(cfg: StudyConfig) -> dict[str, Any]:
@@ -335,13 +357,30 @@ def _trainable(cfg: StudyConfig):
     return tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024**2})
 
 
+# What the console shows per finished trial of each stage: the search's objectives, and for the
+# confirmation the test split's clean and AutoAttack accuracy (the answer's two columns).
+CONFIRMATION_SHOWN = {"test_clean_acc": "max", "test_autoattack_acc": "max"}
+
+
+def _console_callback(cfg: StudyConfig, stage: str, total: int) -> StudyConsole:
+    shown = CONFIRMATION_SHOWN if stage == "confirmation" else cfg.objectives
+    return StudyConsole(stage, total, shown, list(cfg.search), concurrency=_concurrency(cfg))
+
+
 def _tuner(
-    cfg: StudyConfig, path: str, param_space: dict, search_alg, num_samples: int, scheduler=None
+    cfg: StudyConfig,
+    path: str,
+    param_space: dict,
+    search_alg,
+    num_samples: int,
+    stage: str,
+    scheduler=None,
 ):
-    """A new Tuner at path, or the one already there (resumed with its searcher's state).
+    """A new Tuner at path, or the one already there (resumed with its searcher's state and
+    its console callback: Tune keeps the RunConfig in tuner.pkl).
 
     search_alg: a Searcher (Tune limits its concurrency to max_concurrent_trials) or a
-    BasicVariantGenerator that limits its own."""
+    BasicVariantGenerator that limits its own. stage: search, baselines or confirmation."""
     from ray import tune
     from ray.tune.search import Searcher
 
@@ -361,7 +400,11 @@ def _tuner(
             scheduler=scheduler,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0)
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[_console_callback(cfg, stage, num_samples)],
+            **(QUIET_TUNE_RUN_CONFIG if logs_redirected() else {}),
         ),
     )
 
@@ -372,14 +415,14 @@ def _concurrency(cfg: StudyConfig) -> int:
     return cfg.max_concurrent_trials or default_concurrency(cfg, ray.cluster_resources())
 
 
-def _fixed_trials_tuner(cfg: StudyConfig, path: str, points: list[dict[str, Any]]):
+def _fixed_trials_tuner(cfg: StudyConfig, path: str, points: list[dict[str, Any]], stage: str):
     """A Tuner that runs exactly these (complete) trial configs, in order: baselines and the
     confirmation. (Tune wants every key of a point in the param_space: the study's trial
     config is that space, and each point overrides it.)"""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=_concurrency(cfg))
-    return _tuner(cfg, path, dict(vars(cfg.trial)), generator, len(points))
+    return _tuner(cfg, path, dict(vars(cfg.trial)), generator, len(points), stage)
 
 
 def make_tuner(cfg: StudyConfig):
@@ -401,7 +444,7 @@ def make_tuner(cfg: StudyConfig):
             state_path=str(scheduler_state_path(cfg)),
         )
     total = cfg.num_samples * cfg.replicates
-    return _tuner(cfg, cfg.study_dir, space, searcher, total, scheduler)
+    return _tuner(cfg, cfg.study_dir, space, searcher, total, "search", scheduler)
 
 
 def scheduler_state_path(cfg: StudyConfig) -> Path:
@@ -427,7 +470,8 @@ def baseline_points(cfg: StudyConfig) -> list[dict[str, Any]]:
 
 def make_baseline_tuner(cfg: StudyConfig):
     """The baselines, `replicates` seeds each, in study_dir/baselines."""
-    return _fixed_trials_tuner(cfg, f"{cfg.study_dir}/{BASELINES_DIR}", baseline_points(cfg))
+    path = f"{cfg.study_dir}/{BASELINES_DIR}"
+    return _fixed_trials_tuner(cfg, path, baseline_points(cfg), "baselines")
 
 
 def write_study_file(cfg: StudyConfig) -> None:
@@ -440,12 +484,9 @@ def write_study_file(cfg: StudyConfig) -> None:
         f.write(json.dumps(cfg.to_dict(), indent=2).encode())
 
 
-def summarize(cfg: StudyConfig, out_dir: Path):
-    """Write trials.csv (one row per replicate), configs.csv (one row per configuration, with
-    means, 95% intervals and p_front), pareto.csv and pareto.png (the front of the searched
-    configurations by their means); print the front. Returns the front."""
-    from analysis.plots import plot_config_front
-    from analysis.replicates import aggregate_configs, config_front, p_front
+def write_trials_table(cfg: StudyConfig, out_dir: Path):
+    """trials.csv: one row per trial of every stage so far (a `stage` column; early-stopped
+    searched trials marked STOPPED with their rung). Returns the table."""
     from analysis.results import load_trials
     from study.scheduler import stopped_configs
 
@@ -457,6 +498,19 @@ def summarize(cfg: StudyConfig, out_dir: Path):
         rung = trials["config/config_id"].map(stopped).where(trials["experiment"] == cfg.name)
         trials.loc[rung.notna(), "status"] = "STOPPED"
         trials["stopped_at_rung"] = rung
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials.to_csv(out_dir / "trials.csv", index=False)
+    return trials
+
+
+def summarize(cfg: StudyConfig, out_dir: Path):
+    """Write trials.csv (one row per trial), configs.csv (one row per configuration, with
+    means, 95% intervals and p_front), pareto.csv and pareto.png (the front of the searched
+    configurations by their means); print the front. Returns the front."""
+    from analysis.plots import plot_config_front
+    from analysis.replicates import aggregate_configs, config_front, p_front
+
+    trials = write_trials_table(cfg, out_dir)
     study = trials[trials["experiment"] != CONFIRMATION_DIR]
     metrics = [*cfg.objectives, *(m for m in VAL_METRICS if m not in cfg.objectives)]
     configs = aggregate_configs(study, metrics, list(cfg.search))
@@ -468,19 +522,15 @@ def summarize(cfg: StudyConfig, out_dir: Path):
         front = config_front(configs[is_searched], cfg.objectives)
     else:
         front = configs
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trials.to_csv(out_dir / "trials.csv", index=False)
     configs.to_csv(out_dir / "configs.csv", index=False)
     front.to_csv(out_dir / "pareto.csv", index=False)
     plot_config_front(configs, cfg.objectives, out_dir / "pareto.png", title=f"Study {cfg.name}")
-    shown = ["config_id", "n", *cfg.search, "p_front"]
-    for m in cfg.objectives:
-        shown += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high"]
     n_done = int(is_searched.sum()) if not configs.empty else 0
+    out = console_stream()
     print(f"\nPareto-optimal configurations by validation means ({len(front)} of {n_done}; "
-          "95% t-intervals over replicates):")  # fmt: skip
-    print(front[[c for c in shown if c in front.columns]].to_string(index=False))
-    print(f"\nResults: {out_dir}")
+          "95% t-intervals over replicates):", file=out)  # fmt: skip
+    print(front_table(front, cfg.objectives, list(cfg.search)), file=out)
+    print(f"Tables and figure: {out_dir}", file=out, flush=True)
     return front
 
 
@@ -489,10 +539,17 @@ def _local_out_dir(cfg: StudyConfig) -> Path:
     return Path(cfg.study_dir) if not _is_remote(cfg.study_dir) else Path("results") / cfg.name
 
 
-def run_study(cfg: StudyConfig, *, resume: bool = False, address: str | None = None) -> str:
+def run_study(
+    cfg: StudyConfig, *, resume: bool = False, address: str | None = None, verbose: bool = True
+) -> str:
     """Run (or resume) a validated study: search, baselines, tables, confirmation; returns the
-    study directory."""
+    study directory. verbose=False sends Ray's, Tune's and PyTorch's output to study.log in the
+    (local) study directory, leaving the study's own lines on the console."""
     check_paths(cfg, resume)
+    if not verbose:
+        log = _local_out_dir(cfg) / LOG_FILE
+        print(f"Study {cfg.name}: Ray's own output goes to {log}", file=console_stream())
+        redirect_logs(log)
     connect_ray(address)
     tuner = make_tuner(cfg)
     if not resume:
@@ -506,22 +563,20 @@ def run_study(cfg: StudyConfig, *, resume: bool = False, address: str | None = N
         answer = run_confirmation(cfg, front_ids_of(out_dir), out_dir)
         print_answer(answer)
     elif cfg.confirm_seeds:
-        print("No finished configuration: nothing to confirm.")
+        print("No finished configuration: nothing to confirm.", file=console_stream())
     return cfg.study_dir
 
 
 def print_answer(answer) -> None:
     """The study's answer: each confirmed front configuration against PGD-AT, paired by seed."""
+    out = console_stream()
     if answer.empty:
-        print("\nNo answer table: PGD-AT is not among the baselines or nothing was confirmed.")
+        print("\nNo answer table: PGD-AT is not among the baselines or nothing was confirmed.",
+              file=out)  # fmt: skip
         return
-    print("\nThe answer (test split, paired by seed; 95% t-intervals of the difference, points):")
-    for _, row in answer.iterrows():
-        parts = []
-        for m in ("test_clean_acc", "test_autoattack_acc"):
-            d, lo, hi = (100 * row[f"{m}_diff{s}"] for s in ("", "_ci_low", "_ci_high"))
-            parts.append(f"{m.removeprefix('test_')} {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
-        print(f"  {row['config_id']} vs {row['reference']}: {'; '.join(parts)} -> {row['verdict']}")
+    print("\nThe answer (test split, paired by seed; differences in points with 95% t-intervals):",
+          file=out)  # fmt: skip
+    print(answer_table_text(answer), file=out, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -538,11 +593,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _resumed_config(cfg)
         check_paths(cfg, args.resume)
         check_data(cfg)
-        connect_ray(args.address)
+        check_address(args.address or os.environ.get("RAY_ADDRESS"))
+        run_study(cfg, resume=args.resume, address=args.address, verbose=args.verbose)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if console_stream() is not sys.stdout:  # the log took stderr: say it where it is seen
+            print(f"error: {e}", file=console_stream())
         return 2
-    run_study(cfg, resume=args.resume, address=args.address)
     return 0
 
 

@@ -1,6 +1,9 @@
 """Shared fixtures: a small local Ray instance and the repository's shared data folder."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,9 +98,26 @@ TINY_STUDY = {
 @pytest.fixture(scope="session")
 def tiny_study(ray_local, tmp_path_factory) -> str:
     """A real study (Ray Tune + Ray Train + OptunaSearch) through every stage: 2 configurations
-    x 2 replicates, PGD-AT x 2 replicates, then the front and PGD-AT confirmed at 2 seeds."""
-    from study.config import load_config
-    from study.sweep import run_study
+    x 2 replicates, PGD-AT x 2 replicates, then the front and PGD-AT confirmed at 2 seeds.
 
+    Run as a user runs it, `python -m study.sweep --config FILE`, joined to the session's Ray
+    instance; what it printed on the console is kept in console.txt beside the study."""
     storage = tmp_path_factory.mktemp("real-studies")
-    return run_study(load_config(None, {**TINY_STUDY, "storage": str(storage)}))
+    config = storage / "tiny.yaml"
+    config.write_text(json.dumps({**TINY_STUDY, "storage": str(storage)}))  # JSON is YAML
+    address = ray_local.get_runtime_context().gcs_address
+    run = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "--config", str(config), "--address", address],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    study_dir = storage / TINY_STUDY["name"]
+    assert run.returncode == 0, run.stdout + run.stderr + _tail(study_dir / "study.log")
+    (study_dir / "console.txt").write_text(run.stdout + run.stderr)
+    return str(study_dir)
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""

@@ -201,7 +201,7 @@ def test_confirmation_evaluates_on_test_with_the_final_evaluation(digits):
 
 def test_search_trials_never_read_the_test_split(digits):
     """Structural: a search trial's splits hold no test tensors; touching them fails loudly."""
-    from trainables.data import TestSplitSealed, load_splits
+    from trainables.data import SealedSplitError, load_splits
     from trainables.refine import load_trial_splits
 
     sealed = load_trial_splits(make_trial_config(TINY))
@@ -209,7 +209,7 @@ def test_search_trials_never_read_the_test_split(digits):
     out = refine(make_trial_config({**TINY, "pool_size": 0}), splits=sealed)
     assert not any(k.startswith("test_") for k in out) and 0 <= out["val_robust_acc"] <= 1
     confirm = make_trial_config({**TINY, "pool_size": 0, "stage": "confirm"})
-    with pytest.raises(TestSplitSealed):
+    with pytest.raises(SealedSplitError):
         refine(confirm, splits=load_splits("digits", with_test=False))
     assert load_trial_splits(confirm).test_x.shape[0] == 450
 

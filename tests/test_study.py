@@ -107,3 +107,19 @@ def test_answer_table_pairs_each_front_configuration_with_pgd_at(tiny_study):
         assert row["test_clean_acc_diff"] == pytest.approx(diffs.mean())
         assert row["n_pairs"] == 2
         assert row["verdict"] in ("dominates", "undecided") or row["verdict"].startswith("worse")
+
+
+def test_the_console_shows_the_study_and_ray_goes_to_the_log(tiny_study):
+    """The CLI's console: our lines only (a line per trial, status lines, the front and the
+    answer), within the issue's 80 lines; Ray's, Tune's and Train's output in study.log."""
+    console = (Path(tiny_study) / "console.txt").read_text()
+    lines = console.splitlines()
+    assert len(lines) <= 80, console
+    trial_lines = [line for line in lines if line.startswith(("[search] c", "[baselines] p"))]
+    assert len(trial_lines) == 6, console  # 4 searched + 2 PGD-AT, one line each
+    assert any(line.startswith("[confirmation] ") for line in lines)
+    assert "Pareto-optimal configurations" in console and "The answer" in console
+    for raw in ("WARNING", "(raylet)", "TrainingReport", "UserWarning", "Trial status", "pid="):
+        assert raw not in console, raw
+    log = (Path(tiny_study) / "study.log").read_text()
+    assert "Train" in log or "Tune" in log  # Ray's own output went here

@@ -8,7 +8,7 @@ Tune with TuneReportCallback.
 from typing import Any
 
 import ray.tune
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -56,6 +56,9 @@ def run_trial(config: dict[str, Any], train_storage: str) -> None:
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[_ReportToTune()],
+            # Train's INFO records (a TrainingReport(...) dump per report) are noise beside the
+            # study's own console; warnings and errors still reach the study's log.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     error = (trainer.fit().metrics or {}).get("trial_error")
