@@ -47,7 +47,9 @@ def aggregate_configs(
 ) -> pd.DataFrame:
     """One row per (experiment, configuration) of the finished trials: `config_id`,
     `experiment`, `method`, the searched values, `n`, and `<metric>_mean/_std/_ci_low/_ci_high`
-    for each metric; `masking_flags` counts replicates whose gradient-masking test fired."""
+    for each metric (an accuracy's interval clipped to [0, 1]: with 2 replicates a t-interval
+    easily reaches past 100%); `masking_flags` counts replicates whose gradient-masking test
+    fired."""
     done = completed(trials).assign(config_id=_config_id(completed(trials)))
     rows = []
     for (experiment, config_id), group in done.groupby(["experiment", "config_id"], sort=True):
@@ -58,6 +60,8 @@ def aggregate_configs(
         for m in metrics:
             values = group[m].astype(float) if m in group else pd.Series(dtype=float)
             mean, std, lo, hi = t_interval(values.tolist())
+            if "acc" in m:  # an accuracy: the interval within what an accuracy can be
+                lo, hi = max(lo, 0.0), min(hi, 1.0)
             row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci_low": lo, f"{m}_ci_high": hi})
         flags = [c for c in ("val_masking", "test_masking") if c in group]
         row["masking_flags"] = int(sum(group[c].fillna(0).astype(float).sum() for c in flags))

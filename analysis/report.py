@@ -1,24 +1,34 @@
 """A self-contained HTML report of a study: `python -m analysis.report STUDY_DIR [-o FILE]`.
 
 One file, figures embedded as PNG, no scripts and nothing fetched: it opens anywhere, and can be
-attached to an issue or mailed. Sections: settings, Pareto plot and hypervolume, searched
-parameters against objectives, parameter importance, Pareto table, trial table.
+attached to an issue or mailed. Sections, where the study has the sweep's tables (configs.csv,
+pareto.csv, confirmed.csv, selection_bias.csv, answer.csv, trials.csv; older studies lack them
+and the sections are left out): the answer against PGD-AT on the test split with its verdicts,
+the front of configurations with 95% intervals and masking flags, the trials stopped early, the
+selection bias. Then, for every study: Pareto plot of the trials and hypervolume, searched
+parameters against objectives, parameter importance, Pareto table, trial table, settings.
 """
 
 import argparse
 import base64
 import datetime
 import html
+import io
 import json
 import os
+import posixpath
 import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import optuna
 import pandas as pd
+import pyarrow.fs as pafs
 
 from analysis.optuna_study import param_importances
 from analysis.pareto import hypervolume, pareto_front
 from analysis.plots import (
+    config_front_figure,
     importance_figure,
     is_accuracy,
     params_figure,
@@ -26,13 +36,16 @@ from analysis.plots import (
     to_png,
 )
 from analysis.results import (
+    BASELINES,
     completed,
     load_study_settings,
     load_trials,
     objectives_of,
+    open_study_fs,
     searched_trials,
     write_text,
 )
+from analysis.tables import interval_cell
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -91,12 +104,232 @@ def _settings_html(settings: dict) -> str:
     )
 
 
+# --- the protocol's tables (written by study.sweep.summarize and study.confirm) --------------
+
+CONFIRMATION = "confirmation"  # the confirmation's Tune experiment (study.confirm)
+
+
+def read_table(
+    study_dir: str | os.PathLike, file: str, name: str | None = None
+) -> pd.DataFrame | None:
+    """A table the sweep wrote (configs.csv, answer.csv, ...) from the study directory, local or
+    remote; for a remote study also ./results/NAME, where the sweep writes them then. None when
+    absent (an older study, or a stage not reached), an empty frame when the file is empty."""
+    fs, root = open_study_fs(study_dir)
+    path = posixpath.join(root, file)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        local = Path("results") / name / file if name else None
+        if "://" not in os.fspath(study_dir) or local is None or not local.is_file():
+            return None
+        fs, path = pafs.LocalFileSystem(), str(local.resolve())
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except pd.errors.EmptyDataError:  # an empty front is written as a header-less file
+        return pd.DataFrame()
+
+
+def mark_stopped(trials: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:
+    """The trials with the sweep's own statuses from its trials.csv (`table`): MO-ASHA's
+    early-stopped trials are STOPPED there, with `stopped_at_rung` (Tune calls them TERMINATED),
+    so completed() keeps them out of every front. Without live trials (only the tables were
+    copied) the table itself is the trial table."""
+    if table is None or table.empty or "trial_id" not in table:
+        return trials
+    if trials.empty:
+        return table
+    if "status" not in table or not (table["status"] == "STOPPED").any():
+        return trials
+    stopped = table[table["status"] == "STOPPED"].drop_duplicates("trial_id").set_index("trial_id")
+    rung = stopped.get("stopped_at_rung")
+    out = trials.copy()
+    out.loc[out["trial_id"].isin(stopped.index), "status"] = "STOPPED"
+    if rung is not None:
+        out["stopped_at_rung"] = out["trial_id"].map(rung)
+    return out
+
+
+def search_stage(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search's and baselines' trials: confirmation trials (stage confirm, fresh seeds,
+    evaluated on the test split) belong in no validation front."""
+    keep = pd.Series(True, index=trials.index)
+    for col in ("config/stage", "stage"):
+        if col in trials:
+            keep &= trials[col] != "confirm"
+    if "experiment" in trials:
+        keep &= trials["experiment"] != CONFIRMATION
+    return trials[keep]
+
+
+def interval_metrics(df: pd.DataFrame) -> list[str]:
+    """The metrics a table gives an interval for: m where m_ci_low is a column (m_mean, or m
+    itself for a difference, is its centre)."""
+    return [c.removesuffix("_ci_low") for c in df.columns if c.endswith("_ci_low")]
+
+
+def interval_frame(
+    df: pd.DataFrame, columns: Sequence[str], headers: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """The table as the console prints it (analysis.tables.format_table), for HTML or a notebook:
+    a metric with an interval reads '97.1 [96.0, 98.2]' (accuracies in %, differences in signed
+    points), other values as they are; absent columns are left out."""
+
+    cols = list(df.columns)
+    shown = [c for c in columns if c in cols or f"{c}_mean" in cols]
+    headers = dict(headers or {})
+    for c in shown:
+        if c not in headers:
+            points = "acc" in c and ("_diff" in c or "_drop" in c)
+            unit = " (points)" if points else " (%)" if "acc" in c else ""
+            ci = " [95% CI]" if f"{c}_ci_low" in cols else ""
+            headers[c] = f"{c}{unit}{ci}"
+    rows = [[interval_cell(row, c, cols) for c in shown] for row in df.to_dict("records")]
+    return pd.DataFrame(rows, columns=[headers[c] for c in shown])
+
+
+def _text_table(frame: pd.DataFrame) -> str:
+    table = frame.to_html(index=False, border=0)
+    return f'<div class="scroll">{table}</div>'
+
+
+def _config_columns(df: pd.DataFrame, objectives: Mapping[str, str], searched) -> list[str]:
+    metrics = [*objectives, *(m for m in interval_metrics(df) if m not in objectives)]
+    return ["config_id", "method", "n", *searched, *metrics, "p_front", "masking_flags"]
+
+
+def _masking_note(configs: pd.DataFrame) -> str:
+    if "masking_flags" not in configs:
+        return ""
+    flagged = configs[configs["masking_flags"].fillna(0) > 0]
+    if flagged.empty:
+        return (
+            '<p class="note">Masking flags: no replicate was flagged (the gradient-free Square '
+            "attack never did significantly better than PGD).</p>"
+        )
+    listed = ", ".join(f"{r.config_id} ({int(r.masking_flags)})" for r in flagged.itertuples())
+    return (
+        f"<p><b>Masking flags</b> (replicates whose Square accuracy lies below their PGD accuracy "
+        f"beyond sampling noise: gradient masking, so PGD overstates their robustness): "
+        f"{html.escape(listed)}.</p>"
+    )
+
+
+def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) -> list[str]:
+    """The answer, the configuration front with intervals, masking flags, stopped trials and
+    the selection bias; [] for a study without the sweep's tables."""
+    objectives = objectives_of(settings)
+    searched = list(settings.get("search") or {})
+    configs, front, confirmed, bias, answer = (
+        read_table(study_dir, f, name)
+        for f in ("configs.csv", "pareto.csv", "confirmed.csv", "selection_bias.csv", "answer.csv")
+    )
+    stopped = trials[trials["status"] == "STOPPED"] if "status" in trials else trials.iloc[:0]
+    if all(t is None for t in (configs, front, confirmed, bias, answer)) and stopped.empty:
+        return []
+    parts = ["<h2>Protocol: selected on validation, answered on test</h2>"]
+    replicates = settings.get("replicates")
+    each = f"{replicates} replicate seeds" if replicates else "its replicate seeds"
+    text = (
+        "<p>The search selected configurations on the <b>validation split</b>: each "
+        f"configuration ran with {each}, and the front is taken over their means (95% "
+        "Student-t intervals over the replicates). "
+    )
+    if answer is not None:
+        seeds = settings.get("confirm_seeds")
+        text += (
+            "The answer is on the <b>test split</b>: every front configuration and every "
+            f"baseline was re-trained with {seeds or 'fresh'} fresh seeds the search never used "
+            "and evaluated once on test data that no search or baseline trial read.</p>"
+        )
+    else:
+        text += (
+            "No answer yet (no answer.csv): the confirmation on the test split has not run "
+            f"(<code>python -m study.confirm {html.escape(os.fspath(study_dir))}</code>).</p>"
+        )
+    parts.append(text)
+
+    if answer is not None:
+        parts.append("<h2>The answer: each front configuration against PGD-AT (test split)</h2>")
+        if answer.empty:
+            parts.append('<p class="note">Empty: PGD-AT was not confirmed, or nothing was.</p>')
+        else:
+            diffs = interval_metrics(answer)
+            columns = ["config_id", "reference", "n_pairs", *diffs, "verdict"]
+            parts.append(_text_table(interval_frame(answer, columns)))
+        parts.append(
+            '<p class="note">Each difference is the configuration minus the reference in '
+            "percentage points, paired by confirmation seed, with its 95% t-interval over the "
+            "pairs. Verdict: <i>dominates</i> when every interval lies above zero; <i>worse in "
+            "m</i> when the interval of m lies below zero; <i>undecided</i> otherwise (some "
+            "interval contains zero, or one pair gives no interval).</p>"
+        )
+
+    if configs is not None or front is not None:
+        parts.append("<h2>Configuration front (validation split, means with 95% intervals)</h2>")
+    all_configs = next((t for t in (configs, front) if t is not None), pd.DataFrame())
+    ready = all(f"{m}_ci_low" in all_configs for m in list(objectives)[:2])
+    if len(objectives) >= 2 and not all_configs.empty and "method" in all_configs and ready:
+        fig = config_front_figure(all_configs, objectives, title=f"Study {name}")
+        parts.append(_img(fig, "configurations with 95% intervals"))
+    if front is not None:
+        of = ""
+        if "method" in all_configs:
+            of = f" of {int((~all_configs['method'].isin(list(BASELINES))).sum())}"
+        parts.append(f"<h3>Pareto-optimal configurations by mean ({len(front)}{of})</h3>")
+        parts.append(
+            _text_table(interval_frame(front, _config_columns(front, objectives, searched)))
+        )
+        parts.append(
+            '<p class="note">Each cell: the mean over the replicates [95% t-interval] (no '
+            "interval with one replicate). p_front: the share of bootstrap resamples of the "
+            "replicates in which the configuration is non-dominated; a low share means it is on "
+            "the front by the luck of its seeds.</p>"
+        )
+    if configs is not None:
+        parts.append(_masking_note(configs))
+        parts.append("<h3>All configurations (searched and baselines)</h3>")
+        parts.append(
+            _text_table(interval_frame(configs, _config_columns(configs, objectives, searched)))
+        )
+
+    if not stopped.empty:
+        parts.append(f"<h3>Stopped early ({len(stopped)} trials, kept out of the front)</h3>")
+        cols = ["trial_id", "config/config_id", "config/replicate", "stopped_at_rung",
+                *objectives, "rounds"]  # fmt: skip
+        shown = stopped[[c for c in cols if c in stopped]]
+        parts.append(_text_table(interval_frame(shown, list(shown.columns))))
+        parts.append(
+            '<p class="note">MO-ASHA stopped these configurations at the rung (round) shown; '
+            "their last results come from fewer rounds than the others', so they enter neither "
+            "configs.csv nor the front.</p>"
+        )
+
+    if bias is not None:
+        parts.append("<h2>Selection bias: validation mean against confirmed test mean</h2>")
+        if bias.empty:
+            parts.append('<p class="note">Empty: no front configuration was confirmed.</p>')
+        else:
+            parts.append(_text_table(interval_frame(bias, list(bias.columns))))
+        parts.append(
+            '<p class="note"><code>&lt;m&gt;_drop</code> = validation mean (search) minus test '
+            "mean (confirmation, fresh seeds), in points: positive means the search's estimate "
+            "was optimistic, as a front picked on the validation split tends to be.</p>"
+        )
+    if confirmed is not None and not confirmed.empty:
+        parts.append("<h3>Confirmed on the test split (mean [95% interval] over fresh seeds)</h3>")
+        columns = ["config_id", "method", "n", *interval_metrics(confirmed), "masking_flags"]
+        parts.append(_text_table(interval_frame(confirmed, columns)))
+    return parts
+
+
 def build_report(study_dir: str | os.PathLike) -> str:
     """The report's HTML text."""
     settings = load_study_settings(study_dir)
     objectives = objectives_of(settings)
-    trials = load_trials(study_dir)
     name = settings.get("name") or os.path.basename(os.fspath(study_dir).rstrip("/"))
+    all_trials = mark_stopped(load_trials(study_dir), read_table(study_dir, "trials.csv", name))
+    trials = search_stage(all_trials)  # the validation fronts: no confirmation trial
     done = completed(trials)
     method_done = searched_trials(done)
     front = pareto_front(method_done, objectives)
@@ -106,13 +339,20 @@ def build_report(study_dir: str | os.PathLike) -> str:
     key_cols = [c for c in key_cols if c in trials]
 
     parts = [f"<h1>Study {html.escape(name)}</h1>"]
-    counts = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
+    counts = ", ".join(f"{n} {s}" for s, n in all_trials["status"].value_counts().items())
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     parts.append(
-        f'<p class="note">{html.escape(os.fspath(study_dir))} &middot; {len(trials)} trials '
+        f'<p class="note">{html.escape(os.fspath(study_dir))} &middot; {len(all_trials)} trials '
         f"({html.escape(counts)}) &middot; report written {stamp}</p>"
     )
-    parts.append("<h2>Pareto front</h2>")
+    protocol = _protocol_parts(study_dir, settings, all_trials, name)
+    parts.extend(protocol)
+    parts.append("<h2>Pareto front of the trials</h2>")
+    if protocol:
+        parts.append(
+            '<p class="note">Every finished search and baseline trial (each replicate on its '
+            "own, validation split); the study's front is the one of configurations above.</p>"
+        )
     if not len(done):
         parts.append('<p class="note">No trial has finished yet.</p>')
     if len(objectives) >= 2 and len(done):
@@ -128,7 +368,7 @@ def build_report(study_dir: str | os.PathLike) -> str:
             f"fractions, reference point {reference}; 1 would be a perfect model).</p>"
         )
     parts.append(f"<h3>Pareto-optimal trials ({len(front)} of {len(method_done)} finished)</h3>")
-    parts.append(_table(front[key_cols + ["rounds", "time_total_s"]]))
+    parts.append(_table(front[[c for c in [*key_cols, "rounds", "time_total_s"] if c in front]]))
 
     parts.append("<h2>Searched parameters against objectives</h2>")
     if search and len(method_done):
@@ -145,8 +385,9 @@ def build_report(study_dir: str | os.PathLike) -> str:
         parts.append(f'<p class="note">Not computed: {html.escape(str(e))}</p>')
 
     parts.append("<h2>All trials</h2>")
-    cols = key_cols + ["status", "rounds", "time_total_s", "node_ip", "error"]
-    parts.append(_table(trials[[c for c in dict.fromkeys(cols) if c in trials]]))
+    cols = ["trial_id", "stage", "config/stage", "config/config_id", "config/replicate", *key_cols]
+    cols += ["status", "stopped_at_rung", "rounds", "time_total_s", "node_ip", "error"]
+    parts.append(_table(all_trials[[c for c in dict.fromkeys(cols) if c in all_trials]]))
     parts.append("<h2>Settings</h2>" + _settings_html(settings))
     body = "\n".join(parts)
     return (

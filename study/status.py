@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from analysis.results import load_study_settings, load_trials, objectives_of, open_study_fs
-from study.console import (
+from analysis.tables import (
     STAGES,
     answer_table_text,
     count_statuses,

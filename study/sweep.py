@@ -26,12 +26,11 @@ from study.config import (
     replicate_seed,
 )
 from study.confirm import CONFIRMATION_DIR, front_ids_of, run_confirmation
+from analysis.tables import answer_table_text, front_table
 from study.console import (
     QUIET_TUNE_RUN_CONFIG,
     StudyConsole,
-    answer_table_text,
     console_stream,
-    front_table,
     logs_redirected,
     quiet_ray_kwargs,
     redirect_logs,

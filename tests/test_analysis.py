@@ -3,6 +3,7 @@ plots, Optuna export and the report against a real (synthetic, seconds-long) Ray
 
 import base64
 import itertools
+import json
 import os
 import re
 
@@ -296,3 +297,352 @@ def test_search_efficiency_summary(tmp_path):
     text = markdown(table)
     assert text.splitlines()[0].startswith("| searcher | mean | sd |") and "| 0.6000 |" in text
     benchmark_figure(results).savefig(tmp_path / "bench.png")
+
+
+# --- replicates: intervals, fronts and the answer, on hand-worked data ----------------------
+
+VAL = {"val_clean_acc": "max", "val_robust_acc": "max"}
+
+
+def _trial(tid, config_id, replicate, clean, robust, *, status="TERMINATED", **extra):
+    experiment = extra.pop("experiment", "handmade")
+    method = extra.pop("method", "lime_refine")
+    return {
+        "trial_id": tid,
+        "experiment": experiment,
+        "status": status,
+        "config/config_id": config_id,
+        "config/replicate": replicate,
+        "config/method": method,
+        "val_clean_acc": clean,
+        "val_robust_acc": robust,
+        **extra,
+    }
+
+
+def test_t_interval_hand_worked_and_against_scipy():
+    from scipy import stats
+
+    from analysis.replicates import t_interval
+
+    # [1, 2, 3]: mean 2, s = 1, t(0.975, 2) = 4.302653 -> half-width 4.302653 / sqrt(3)
+    mean, std, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert (mean, std) == (2.0, 1.0)
+    assert (lo, hi) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-6)
+    x = [0.81, 0.84, 0.86, 0.79]
+    expected = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert t_interval(x)[2:] == pytest.approx(expected, rel=1e-12)
+    narrower = stats.t.interval(0.9, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert t_interval(x, level=0.9)[2:] == pytest.approx(narrower, rel=1e-12)
+    assert t_interval([1.0, np.nan, 2.0, 3.0]) == t_interval([1.0, 2.0, 3.0])  # NaN dropped
+    one = t_interval([0.7])  # one replicate: a mean, no spread, no interval
+    assert one[0] == 0.7 and all(np.isnan(v) for v in one[1:])
+    assert all(np.isnan(v) for v in t_interval([]))
+    assert t_interval([0.5, 0.5]) == (0.5, 0.0, 0.5, 0.5)  # no spread: a point interval
+
+
+def test_aggregate_configs_per_configuration():
+    from analysis.replicates import aggregate_configs
+
+    trials = pd.DataFrame(
+        [
+            _trial("t0", "c000", 0, 0.9, 0.5, val_masking=1.0, **{"config/mask_ratio": 0.2}),
+            _trial("t1", "c000", 1, 0.8, 0.3, val_masking=0.0, **{"config/mask_ratio": 0.2}),
+            _trial("t2", "c001", 0, 0.7, 0.6, val_masking=0.0, **{"config/mask_ratio": 0.4}),
+            _trial("t3", "c001", 1, 0.1, 0.1, status="ERROR", **{"config/mask_ratio": 0.4}),
+            _trial("t4", "c002", 0, 0.99, 0.99, status="STOPPED", stopped_at_rung=1),
+            _trial("t5", "pgd_at", 0, 0.6, 0.4, experiment="baselines", method="pgd_at"),
+            _trial("t6", "pgd_at", 1, 0.7, 0.5, experiment="baselines", method="pgd_at"),
+            _trial("old", np.nan, np.nan, 0.5, 0.5),  # a trial from before replicates
+        ]
+    )
+    configs = aggregate_configs(trials, list(VAL), ["mask_ratio"]).set_index("config_id")
+    assert sorted(configs.index) == ["c000", "c001", "old", "pgd_at"]  # no STOPPED c002
+    c0 = configs.loc["c000"]
+    assert c0["n"] == 2 and c0["mask_ratio"] == 0.2 and c0["method"] == "lime_refine"
+    assert c0["val_clean_acc_mean"] == pytest.approx(0.85)
+    assert c0["val_robust_acc_mean"] == pytest.approx(0.4)
+    assert c0["val_clean_acc_std"] == pytest.approx(0.1 / np.sqrt(2))  # |0.9 - 0.8| / sqrt 2
+    half = 12.706205 * (0.1 / np.sqrt(2)) / np.sqrt(2)  # t(0.975, 1) * s / sqrt(n)
+    assert c0["val_clean_acc_ci_low"] == pytest.approx(0.85 - half, abs=1e-6)
+    assert 0.85 + half > 1 and c0["val_clean_acc_ci_high"] == 1.0  # clipped: an accuracy
+    assert c0["masking_flags"] == 1
+    c1 = configs.loc["c001"]  # the errored replicate does not count
+    assert c1["n"] == 1 and c1["val_clean_acc_mean"] == 0.7 and np.isnan(c1["val_clean_acc_std"])
+    assert np.isnan(c1["val_clean_acc_ci_low"]) and c1["masking_flags"] == 0
+    base = configs.loc["pgd_at"]
+    assert base["experiment"] == "baselines" and base["val_robust_acc_mean"] == pytest.approx(0.45)
+    assert configs.loc["old", "n"] == 1
+
+
+def test_config_front_dominated_and_ties():
+    from analysis.replicates import config_front
+
+    configs = pd.DataFrame(
+        {
+            "config_id": ["A", "B", "C", "D", "E", "F"],
+            "a_mean": [0.9, 0.5, 0.5, 0.4, 0.9, 0.7],
+            "b_mean": [0.2, 0.6, 0.6, 0.5, 0.1, 0.4],
+        }
+    )
+    # D is dominated by B (and C); E by A (equal in a, worse in b); B and C tie: both stay.
+    front = config_front(configs, {"a": "max", "b": "max"})
+    assert front["config_id"].tolist() == ["B", "C", "F", "A"]  # by the first objective
+    # b minimised: E (0.9, 0.1) has the largest a and the smallest b: it dominates all others
+    front = config_front(configs, {"a": "max", "b": "min"})
+    assert front["config_id"].tolist() == ["E"]
+    assert config_front(configs.iloc[:0], {"a": "max", "b": "max"}).empty
+
+
+def test_p_front_bootstrap_shares():
+    from analysis.replicates import p_front
+
+    obj = {"val_clean_acc": "max", "val_robust_acc": "max"}
+    sure = pd.DataFrame(
+        [
+            _trial("t0", "X", 0, 0.9, 0.9),
+            _trial("t1", "X", 1, 0.8, 0.8),
+            _trial("t2", "Y", 0, 0.1, 0.1),
+            _trial("t3", "Y", 1, 0.2, 0.2),
+            _trial("t4", "Z", 0, 1.0, 1.0, status="STOPPED"),  # not finished: not counted
+        ]
+    )
+    shares = p_front(sure, obj, resamples=200)
+    assert shares.to_dict() == {"X": 1.0, "Y": 0.0}
+    # Q: both replicates (0.5, 0.5). R: (0.6, 0.6) and (0.4, 0.4). A resample of R's two
+    # replicates is both 0.6 (1/4: R dominates Q), both 0.4 (1/4: Q dominates R), or one of
+    # each (1/2: mean (0.5, 0.5), a tie, both on the front). So each is on the front in 3/4.
+    luck = pd.DataFrame(
+        [
+            _trial("t0", "Q", 0, 0.5, 0.5),
+            _trial("t1", "Q", 1, 0.5, 0.5),
+            _trial("t2", "R", 0, 0.6, 0.6),
+            _trial("t3", "R", 1, 0.4, 0.4),
+        ]
+    )
+    shares = p_front(luck, obj, resamples=2000, seed=1)
+    assert shares["Q"] == pytest.approx(0.75, abs=0.04)  # 4 standard errors
+    assert shares["R"] == pytest.approx(0.75, abs=0.04)
+    pd.testing.assert_series_equal(shares, p_front(luck, obj, resamples=2000, seed=1))
+
+
+def test_selection_bias_sign():
+    from analysis.replicates import selection_bias
+
+    front = pd.DataFrame(
+        {
+            "config_id": ["c000", "c001"],
+            "val_clean_acc_mean": [0.85, 0.7],
+            "val_robust_acc_mean": [0.40, 0.5],
+        }
+    )
+    confirmed = pd.DataFrame(
+        {"config_id": ["c000"], "test_clean_acc_mean": [0.80], "test_robust_acc_mean": [0.42]}
+    )
+    bias = selection_bias(front, confirmed, VAL).set_index("config_id")
+    assert bias.loc["c000", "clean_acc_drop"] == pytest.approx(0.05)  # optimistic on validation
+    assert bias.loc["c000", "robust_acc_drop"] == pytest.approx(-0.02)  # better on test
+    assert bias.loc["c000", "test_clean_acc_mean"] == 0.80
+    assert np.isnan(bias.loc["c001", "test_clean_acc_mean"])  # not confirmed
+    assert np.isnan(bias.loc["c001", "clean_acc_drop"])
+
+
+PGD_CLEAN, PGD_AA = [0.60, 0.90, 0.75], [0.30, 0.50, 0.40]  # very different seeds
+
+
+def _confirmation() -> pd.DataFrame:
+    """Confirmation trials: PGD-AT at 3 seeds and 4 configurations, rows out of seed order
+    (the answer pairs by seed, not by row)."""
+
+    def row(config_id, replicate, clean, aa, status="TERMINATED"):
+        method = config_id if config_id in ("pgd_at", "erm") else "lime_refine"
+        return {
+            "trial_id": f"{config_id}-{replicate}",
+            "experiment": "confirmation",
+            "status": status,
+            "config/config_id": config_id,
+            "config/replicate": replicate,
+            "config/method": method,
+            "test_clean_acc": clean,
+            "test_autoattack_acc": aa,
+        }
+
+    rows = [row("pgd_at", r, PGD_CLEAN[r], PGD_AA[r]) for r in (2, 0, 1)]
+    rows += [row("erm", r, 0.95, 0.0) for r in range(3)]  # a baseline: not in the answer
+    # dominates: +2 points clean and +1 point AutoAttack at every seed
+    rows += [row("cA", r, PGD_CLEAN[r] + 0.02, PGD_AA[r] + 0.01) for r in (1, 2, 0)]
+    # worse in AutoAttack: +5 (+-1) points clean, -10 (+-1) points AutoAttack
+    rows += [
+        row("cB", r, PGD_CLEAN[r] + dc, PGD_AA[r] + da)
+        for r, dc, da in ((0, 0.05, -0.10), (1, 0.06, -0.11), (2, 0.04, -0.09))
+    ]
+    # undecided: differences of both signs
+    rows += [
+        row("cC", r, PGD_CLEAN[r] + dc, PGD_AA[r] + da)
+        for r, dc, da in ((0, 0.05, 0.02), (1, -0.05, -0.03), (2, 0.01, 0.00))
+    ]
+    # one pair (its other seeds errored): no interval, so undecided however large
+    rows += [row("cD", 0, PGD_CLEAN[0] + 0.3, PGD_AA[0] + 0.3)]
+    rows += [row("cD", r, 0.0, 0.0, status="ERROR") for r in (1, 2)]
+    return pd.DataFrame(rows)
+
+
+def test_answer_table_verdicts_paired_by_seed():
+    from analysis.replicates import answer_table
+
+    answer = answer_table(_confirmation()).set_index("config_id")
+    assert list(answer.index) == ["cA", "cB", "cC", "cD"]  # no baseline, no reference
+    assert (answer["reference"] == "pgd_at").all()
+    assert answer["verdict"].to_dict() == {
+        "cA": "dominates",
+        "cB": "worse in test_autoattack_acc",
+        "cC": "undecided",
+        "cD": "undecided",
+    }
+    a = answer.loc["cA"]
+    # paired: the difference is +0.02 at every seed, so the interval is (nearly) a point;
+    # unpaired, the seeds' spread (0.60 to 0.90) would swamp it
+    assert a["n_pairs"] == 3 and a["test_clean_acc_diff"] == pytest.approx(0.02)
+    assert a["test_clean_acc_diff_ci_low"] == pytest.approx(0.02, abs=1e-9)
+    assert a["test_autoattack_acc_diff_ci_high"] == pytest.approx(0.01, abs=1e-9)
+    b = answer.loc["cB"]
+    half = 4.302653 * 0.01 / np.sqrt(3)  # diffs -0.10, -0.11, -0.09: s = 0.01
+    assert b["test_autoattack_acc_diff"] == pytest.approx(-0.10)
+    assert b["test_autoattack_acc_diff_ci_high"] == pytest.approx(-0.10 + half, abs=1e-6)
+    assert b["test_clean_acc_diff_ci_low"] > 0  # better clean, but worse robust: not dominates
+    c = answer.loc["cC"]
+    assert c["test_clean_acc_diff_ci_low"] < 0 < c["test_clean_acc_diff_ci_high"]
+    d = answer.loc["cD"]
+    assert d["n_pairs"] == 1 and d["test_clean_acc_diff"] == pytest.approx(0.3)
+    assert np.isnan(d["test_clean_acc_diff_ci_low"])
+    both = _confirmation()
+    worse = both["config/config_id"] == "cB"
+    both.loc[worse, "test_clean_acc"] -= 0.2  # now worse in both
+    verdict = answer_table(both).set_index("config_id").loc["cB", "verdict"]
+    assert verdict == "worse in test_clean_acc, test_autoattack_acc"
+
+
+def test_mark_stopped_and_search_stage():
+    live = pd.DataFrame(
+        [
+            _trial("t0", "c000", 0, 0.9, 0.5),
+            _trial("t1", "c001", 0, 0.99, 0.99),
+            _trial(
+                "t2", "c000", 0, 0.8, 0.4, experiment="confirmation", **{"config/stage": "confirm"}
+            ),
+        ]
+    )
+    table = live.copy()
+    table.loc[1, "status"] = "STOPPED"
+    table["stopped_at_rung"] = [np.nan, 1, np.nan]
+    marked = report.mark_stopped(live, table)
+    assert marked["status"].tolist() == ["TERMINATED", "STOPPED", "TERMINATED"]
+    assert marked["stopped_at_rung"].iloc[1] == 1
+    assert completed(marked)["trial_id"].tolist() == ["t0", "t2"]
+    assert report.search_stage(marked)["trial_id"].tolist() == ["t0", "t1"]
+    assert report.mark_stopped(live, None) is live
+    assert report.mark_stopped(live.iloc[:0], table) is table  # only the tables were copied
+
+
+def _handmade_study(path) -> dict:
+    """A study directory holding only the sweep's tables (made by the same helpers as
+    study.sweep.summarize and study.confirm.write_confirmation_tables), no Tune files."""
+    from analysis.replicates import (
+        aggregate_configs,
+        answer_table,
+        config_front,
+        p_front,
+        selection_bias,
+    )
+
+    settings = {
+        "name": "handmade",
+        "objectives": VAL,
+        "search": {"mask_ratio": {"type": "uniform", "low": 0.0, "high": 0.5}},
+        "replicates": 2,
+        "confirm_seeds": 3,
+    }
+    (path / "study.json").write_text(json.dumps(settings))
+    trials = pd.DataFrame(
+        [
+            _trial("t0", "c000", 0, 0.90, 0.50, val_masking=1.0, **{"config/mask_ratio": 0.2}),
+            _trial("t1", "c000", 1, 0.86, 0.46, val_masking=0.0, **{"config/mask_ratio": 0.2}),
+            _trial("t2", "c001", 0, 0.70, 0.60, val_masking=0.0, **{"config/mask_ratio": 0.4}),
+            _trial("t3", "c001", 1, 0.72, 0.64, val_masking=0.0, **{"config/mask_ratio": 0.4}),
+            _trial("t4", "c002", 0, 0.20, 0.20, status="STOPPED", stopped_at_rung=1),
+            _trial("t5", "c002", 1, 0.22, 0.20, status="STOPPED", stopped_at_rung=1),
+            _trial("t6", "pgd_at", 0, 0.6, 0.4, experiment="baselines", method="pgd_at"),
+            _trial("t7", "pgd_at", 1, 0.7, 0.5, experiment="baselines", method="pgd_at"),
+        ]
+    )
+    trials["stage"] = ["search"] * 6 + ["baseline"] * 2
+    trials["number"] = [1, 2, 3, 4, 5, 6, 1, 2]
+    trials["rounds"] = [2, 2, 2, 2, 1, 1, 2, 2]
+    trials["time_total_s"] = 10.0
+    trials["error"] = ""
+    configs = aggregate_configs(trials, list(VAL), ["mask_ratio"])
+    is_searched = configs["experiment"] == "handmade"
+    shares = p_front(trials[trials["experiment"] == "handmade"], VAL)
+    configs["p_front"] = configs["config_id"].map(shares).where(is_searched)
+    front = config_front(configs[is_searched], VAL)
+    confirmation = _confirmation()
+    confirmation = confirmation[confirmation["config/config_id"].isin(["pgd_at", "cA", "cB"])]
+    confirmation = confirmation.replace({"cA": "c000", "cB": "c001"})
+    confirmation["test_robust_acc"] = confirmation["test_autoattack_acc"] + 0.05
+    metrics = ["test_clean_acc", "test_robust_acc", "test_autoattack_acc"]
+    confirmed = aggregate_configs(confirmation, metrics)
+    answer = answer_table(confirmation)
+    tables = {
+        "trials": trials,
+        "configs": configs,
+        "pareto": front,
+        "confirmation": confirmation,
+        "confirmed": confirmed,
+        "selection_bias": selection_bias(front, confirmed, VAL),
+        "answer": answer,
+    }
+    for name, df in tables.items():
+        df.to_csv(path / f"{name}.csv", index=False)
+    return tables
+
+
+def test_report_shows_intervals_and_the_answer(tmp_path):
+    from analysis.replicates import t_interval
+
+    tables = _handmade_study(tmp_path)
+    text = report.build_report(tmp_path)
+    assert "selected configurations on the <b>validation split</b>" in text
+    assert "The answer is on the <b>test split</b>" in text
+    assert "<td>dominates</td>" in text and "<td>worse in test_autoattack_acc</td>" in text
+    # the front's c000: clean 88.0 [lo, hi] from its two replicates 0.90 and 0.86
+    _, _, lo, hi = t_interval([0.90, 0.86])
+    assert f"88.0 [{100 * lo:.1f}, 100.0]" in text and hi > 1  # clipped to what an accuracy can be
+    assert set(tables["pareto"]["config_id"]) == {"c000", "c001"}
+    # the answer's interval for c001's AutoAttack difference, in signed points
+    row = tables["answer"].set_index("config_id").loc["c001"]
+    lo, hi = row["test_autoattack_acc_diff_ci_low"], row["test_autoattack_acc_diff_ci_high"]
+    assert f"-10.0 [{100 * lo:+.1f}, {100 * hi:+.1f}]" in text
+    assert "c000 (1)" in text  # its masking flag
+    stopped = text.split("Stopped early")[1].split("</table>")[0]
+    assert "t4" in stopped and "t5" in stopped and "t0" not in stopped
+    pareto = text.split("Pareto-optimal configurations")[1].split("</table>")[0]
+    assert "c002" not in pareto  # stopped: kept out of the front
+    assert "Selection bias" in text and "clean_acc_drop" in text
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert images and base64.b64decode(images[0])[:4] == b"\x89PNG"  # the configuration front
+    assert "http" not in text.replace("http-equiv", "")
+
+
+def test_report_without_the_protocol_tables(tmp_path):
+    """An older study (no configs.csv, answer.csv, ...) still gets its report, without them;
+    one whose confirmation has not run says so."""
+    _handmade_study(tmp_path)
+    for name in ("answer", "confirmed", "selection_bias", "confirmation"):
+        (tmp_path / f"{name}.csv").unlink()
+    text = report.build_report(tmp_path)
+    assert "No answer yet" in text and "Pareto-optimal configurations" in text
+    assert "dominates" not in text
+    for name in ("configs", "pareto", "trials"):
+        (tmp_path / f"{name}.csv").unlink()
+    text = report.build_report(tmp_path)
+    assert "Protocol" not in text and "No trial has finished yet" in text

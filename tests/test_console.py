@@ -16,9 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import console as console_module
-from study.console import (
-    StudyConsole,
+from analysis.tables import (
     answer_table_text,
     count_statuses,
     eta_seconds,
@@ -26,9 +24,10 @@ from study.console import (
     format_duration,
     format_table,
     front_table,
-    quiet_ray_kwargs,
     stage_of,
 )
+from study import console as console_module
+from study.console import StudyConsole, quiet_ray_kwargs
 from study.status import format_summary, main, summarize_study
 
 REPO = Path(__file__).resolve().parents[1]
