@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from trainables.base import BASES_DIR, validate_base
 from trainables.config import (
     METHODS,
     TRIAL_FIELDS,
@@ -72,6 +73,10 @@ class StudyConfig:
     # Early stopping of the search: {type: fifo} (none) or {type: mo-asha, grace_rounds,
     # reduction_factor} (study/scheduler.py); baselines and confirmation never stop early.
     scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "fifo"})
+    # A shared base model ({method, epochs, other trial keys}; trainables/base.py): trained once
+    # before the search, cached in <storage>/bases, and refined by every trial. None: every
+    # trial trains from scratch.
+    base: dict[str, Any] | None = None
 
     @property
     def study_dir(self) -> str:
@@ -155,7 +160,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 STUDY_KEYS = {
     "name", "storage", "preset", "num_samples", "max_concurrent_trials", "searcher",
     "seed", "objectives", "search", "trial", "baselines", "replicates", "confirm_seeds",
-    "scheduler",
+    "scheduler", "base",
 }  # fmt: skip
 
 
@@ -211,11 +216,11 @@ def _param_spec(name: str, spec: Any) -> ParamSpec:
 
 
 def _merge(base: dict, override: dict) -> dict:
-    """Shallow-merge two study dicts; `trial` and `search` merge one level deeper."""
+    """Shallow-merge two study dicts; `trial`, `search` and `base` merge one level deeper."""
     out = dict(base)
     for key, value in override.items():
         if (
-            key in ("trial", "search")
+            key in ("trial", "search", "base")
             and isinstance(value, dict)
             and isinstance(out.get(key), dict)
         ):
@@ -258,6 +263,8 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
     name = values.get("name") or f"{preset}-study"
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"name: letters, digits, '.', '_' and '-' only, got {name!r}")
+    if name == BASES_DIR:
+        raise ConfigError(f"name: {BASES_DIR!r} is the storage's folder of base models")
     storage = values.get("storage") or "./results"
     if not isinstance(storage, str):
         raise ConfigError(f"storage: expected a path or URI, got {storage!r}")
@@ -282,6 +289,10 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
         data_dir = trial["data_dir"]  # workers run elsewhere: make a local path absolute
         if "://" not in data_dir:
             trial = {**trial, "data_dir": os.path.abspath(os.path.expanduser(data_dir))}
+    if isinstance(trial, dict) and isinstance(trial.get("base_checkpoint"), str):
+        path = trial["base_checkpoint"]
+        if path.strip() and "://" not in path:
+            trial = {**trial, "base_checkpoint": os.path.abspath(os.path.expanduser(path))}
     search = values.get("search") or {}
     if not isinstance(search, dict):
         raise ConfigError("search: expected a mapping of trial key to distribution")
@@ -292,6 +303,7 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
         if method not in BASELINE_METHODS:
             raise ConfigError(f"baselines: {method!r} is not one of {BASELINE_METHODS}")
     max_conc = values.get("max_concurrent_trials")
+    trial_cfg = make_trial_config(trial)
     return StudyConfig(
         name=name,
         storage=storage,
@@ -304,11 +316,12 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
         seed=_check_int("seed", values.get("seed", 0), 0, 2**32 - 1),
         objectives=dict(objectives),
         search={k: _param_spec(k, v) for k, v in search.items() if v is not None},
-        trial=make_trial_config(trial),
+        trial=trial_cfg,
         baselines=tuple(baselines),
         replicates=_check_int("replicates", values.get("replicates", 2), 1, MAX_REPLICATES),
         confirm_seeds=_check_int("confirm_seeds", values.get("confirm_seeds", 3), 0, 1000),
         scheduler=_scheduler(values.get("scheduler")),
+        base=validate_base(values.get("base"), trial_cfg),
     )
 
 

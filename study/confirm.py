@@ -53,20 +53,28 @@ def trial_config_of(trials: pd.DataFrame, config_id: str) -> dict[str, Any]:
 
 
 def confirmation_points(
-    cfg: StudyConfig, trials: pd.DataFrame, front_ids: list[str], seeds: int
+    cfg: StudyConfig,
+    trials: pd.DataFrame,
+    front_ids: list[str],
+    seeds: int,
+    bases: list[str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """The front's configurations, then the baselines, each at `seeds` fresh seeds."""
+    """The front's configurations, then the baselines, each at `seeds` fresh seeds; with
+    `bases` (study.base.confirmation_bases), seed j's trials refine bases[j]."""
     baseline_ids = [m for m in cfg.baselines if (trials["config/config_id"] == m).any()]
-    return [
-        {
-            **trial_config_of(trials, config_id),
-            "stage": "confirm",
-            "replicate": j,
-            "seed": confirm_seed(cfg.trial.seed, j),
-        }
-        for config_id in [*front_ids, *baseline_ids]
-        for j in range(seeds)
-    ]
+    points = []
+    for config_id in [*front_ids, *baseline_ids]:
+        for j in range(seeds):
+            point = {
+                **trial_config_of(trials, config_id),
+                "stage": "confirm",
+                "replicate": j,
+                "seed": confirm_seed(cfg.trial.seed, j),
+            }
+            if bases is not None and bases[j] is not None:
+                point["base_checkpoint"] = bases[j]
+            points.append(point)
+    return points
 
 
 def _read_plan(cfg: StudyConfig) -> list[dict] | None:
@@ -100,11 +108,13 @@ def run_confirmation(cfg: StudyConfig, front_ids: list[str], out_dir: Path) -> p
     """Run (or resume) the confirmation of front_ids and the baselines; write and return the
     answer table. Ray must be connected."""
     from analysis.results import load_trials, write_text
+    from study.base import confirmation_bases
     from study.sweep import _fixed_trials_tuner
 
     trials = load_trials(cfg.study_dir)
     trials = trials[trials["experiment"] != CONFIRMATION_DIR]
-    points = confirmation_points(cfg, trials, front_ids, cfg.confirm_seeds)
+    bases = confirmation_bases(cfg, cfg.confirm_seeds)  # one base per seed, or None each
+    points = confirmation_points(cfg, trials, front_ids, cfg.confirm_seeds, bases)
     previous = _read_plan(cfg)
     if previous is not None and previous != json.loads(json.dumps(points)):
         _archive_previous(cfg)

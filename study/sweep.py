@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from analysis.tables import answer_table_text, front_table
+from study.base import prepare_base, write_base_record
 from study.config import (
     ConfigError,
     StudyConfig,
@@ -26,7 +28,6 @@ from study.config import (
     replicate_seed,
 )
 from study.confirm import CONFIRMATION_DIR, front_ids_of, run_confirmation
-from analysis.tables import answer_table_text, front_table
 from study.console import (
     QUIET_TUNE_RUN_CONFIG,
     StudyConsole,
@@ -550,9 +551,11 @@ def run_study(
         print(f"Study {cfg.name}: Ray's own output goes to {log}", file=console_stream())
         redirect_logs(log)
     connect_ray(address)
-    tuner = make_tuner(cfg)
-    if not resume:
+    if not resume:  # first: a study interrupted from here on (even in its base) resumes
         write_study_file(cfg)
+    cfg = prepare_base(cfg)  # the shared base model, trained or found in the cache
+    write_base_record(cfg)
+    tuner = make_tuner(cfg)
     tuner.fit()
     if cfg.baselines:
         make_baseline_tuner(cfg).fit()

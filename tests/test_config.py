@@ -104,7 +104,9 @@ def test_malformed_and_unknown_keys_in_yaml(tmp_path, capsys):
 
 
 def test_existing_study_is_not_overwritten(tmp_path, capsys):
-    (tmp_path / "store" / "digits-study").mkdir(parents=True)
+    study = tmp_path / "store" / "digits-study"
+    study.mkdir(parents=True)
+    (study / "trials.csv").write_text("")  # anything but the log of a run that never began
     code, err = _run_main(tmp_path, capsys)
     assert code == 2 and "already exists" in err
 

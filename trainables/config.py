@@ -42,6 +42,9 @@ class TrialConfig:
     model: str = "small_cnn"
     model_width: int = 0  # fast_cnn's base width; 0 = the architecture's default
     method: str = "lime_refine"
+    # the model file (path or URI, with a .sha256 sidecar) whose weights the model starts from
+    # instead of a random initialization; set by the study from its `base:` (trainables/base.py)
+    base_checkpoint: str | None = None
     # optimization
     rounds: int = 2
     epochs_per_round: int = 2
@@ -109,6 +112,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "model": (lambda v: v in ARCHITECTURES, f"must be one of {tuple(ARCHITECTURES)}"),
     "model_width": (lambda v: 0 <= v <= 4096, "must be in [0, 4096] (0 = default)"),
     "method": (lambda v: v in METHODS, f"must be one of {METHODS}"),
+    "base_checkpoint": (lambda v: v is None or v.strip() != "", "must be a path or URI (or null)"),
     "train_subset": (lambda v: v is None or v >= 10, "must be at least 10"),
     "eval_subset": (lambda v: v is None or v >= 1, "must be at least 1"),
     "val_size": (lambda v: v is None or v >= 10, "must be at least 10 (null = default)"),

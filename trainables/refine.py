@@ -30,6 +30,7 @@ from torch import nn
 
 from trainables import augment, objectives
 from trainables.attacks import FGSM, PGD
+from trainables.base import load_base_weights
 from trainables.config import TrialConfig, make_trial_config
 from trainables.data import Splits, load_splits, subset
 from trainables.evaluate import summarize_outcomes, worst_case_outcomes
@@ -299,6 +300,15 @@ def build_trial_model(cfg: TrialConfig, splits: Splits) -> nn.Module:
     return build_model(cfg.model, **model_spec(cfg, splits))
 
 
+def initial_model(cfg: TrialConfig, splits: Splits) -> nn.Module:
+    """The model round 1 starts from: the base's weights when the trial has a base (read with
+    its checksum verified and weights_only=True), else a seeded random initialization."""
+    model = build_trial_model(cfg, splits)
+    if cfg.base_checkpoint:
+        model.load_state_dict(load_base_weights(cfg.base_checkpoint))
+    return model
+
+
 def model_spec(cfg: TrialConfig, splits: Splits) -> dict[str, Any]:
     """Keyword arguments (besides the name) that rebuild the trial's model anywhere."""
     spec = {
@@ -340,7 +350,8 @@ def refine(
                 num_samples=cfg.lime_samples, seed=cfg.seed,
             )  # fmt: skip
 
-    model = build_trial_model(cfg, splits).to(device)
+    # A resumed trial's own checkpoint replaces these weights below: read the base only when new.
+    model = (initial_model if state is None else build_trial_model)(cfg, splits).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(

@@ -1,0 +1,349 @@
+"""A shared base model: trained once, cached by what determines it, refined by every trial.
+
+The paper refines a trained classifier. A study with a `base:` section trains that classifier
+once (before its search) and every searched trial and baseline loads it into its model before
+round 1 (`TrialConfig.base_checkpoint`), then refines it with the study's own, equal budget.
+
+How the base is trained: with `refine()` itself, one round of `epochs` epochs of a non-LIME
+method (ERM by default), through the same Ray Train worker as the trials. For every method
+but lime_refine a round is only a slice of the epochs (no explanations, no masks), so one round
+of N epochs is exactly N epochs of that method's training with the loop's learning-rate
+schedule, augmentation, divergence checks, evaluation and checksummed checkpoint: no second
+training loop to keep in step with the first.
+
+The cache: `<storage>/bases/<key>/` holds model.pt (`{"model": state_dict}`), its SHA-256 in
+model.pt.sha256 and base.json (the key's contents and the base's validation metrics). The key
+hashes everything that decides the weights: the base's resolved trial config less the keys it
+never reads (`base_weight_config`), the training images' bytes (`data_fingerprint`) and
+BASE_VERSION. Studies in one storage share the folder; a second study with the same base loads
+it without training. An entry whose file fails its checksum or does not load is retrained,
+never used. Local paths and URIs (s3://...) both work, through pyarrow's file systems.
+"""
+
+import hashlib
+import io
+import json
+import pickle
+import posixpath
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from trainables.config import (
+    METHODS,
+    TRIAL_FIELDS,
+    ConfigError,
+    TrialConfig,
+    make_trial_config,
+    validate_trial_value,
+)
+
+# Bump when anything that shapes a base's weights changes in code (the training loop, a loss,
+# the models' initialization, the data pipeline): it is part of every base's key.
+BASE_VERSION = 1
+BASES_DIR = "bases"
+MODEL_FILE = "model.pt"
+INFO_FILE = "base.json"
+BASE_METHODS = tuple(m for m in METHODS if m != "lime_refine")
+
+# Trial keys a `base:` section cannot set, and why.
+_NOT_BASE_KEYS = {
+    "rounds": "a base trains one run of base.epochs epochs; set base.epochs",
+    "epochs_per_round": "a base trains one run of base.epochs epochs; set base.epochs",
+    "dataset": "a base trains on the study's data; set it under trial:",
+    "data_dir": "a base trains on the study's data; set it under trial:",
+    "val_size": "a base trains on the study's data; set it under trial:",
+    "seed": "a base trains with the study's seed (and each confirmation seed)",
+    "stage": "set by the study",
+    "config_id": "set by the study",
+    "replicate": "set by the study",
+    "base_checkpoint": "set by the study",
+}
+# Keys that decide the model's shape: every trial loads the base's weights into its own model.
+_ARCHITECTURE_KEYS = ("model", "model_width")
+
+# Trial keys that never change a base's weights (evaluation, bookkeeping, resources, LIME and
+# the penalty, which no base method reads); every other key is hashed, so a new TrialConfig
+# field counts until it is listed here.
+_NOT_WEIGHTS = {
+    "data_dir", "val_size",  # the data's fingerprint covers what they select
+    "eval_subset", "eval_epsilon", "eval_steps", "blackbox_queries", "eval_grid", "final_grid",
+    "final_eval_subset", "final_restarts", "cifar10c_images", "attr_images", "attr_steps",
+    "attr_restarts",
+    "pool_size", "lime_samples", "lime_backend", "segmentation", "lime_actors",
+    "cpus_per_lime_actor", "mask_ratio", "mask_strategy", "mask_fill", "reg_weight",
+    "reg_weighting", "reg_warmup_epochs",
+    "config_id", "replicate", "stage", "base_checkpoint", "cpus_per_worker", "gpus_per_worker",
+}  # fmt: skip
+# ... and the keys each base method ignores (trainables.refine.training_loss).
+_UNUSED_BY_METHOD = {
+    "erm": {"train_attack", "attack_norm", "epsilon", "attack_steps", "baseline_weight",
+            "ig_steps"},
+    "pgd_at": {"train_attack", "baseline_weight", "ig_steps"},
+    "ig_norm": {"train_attack", "attack_norm"},
+    "ig_sum_norm": {"train_attack", "attack_norm"},
+    "trades": {"train_attack", "attack_norm", "ig_steps"},
+}  # fmt: skip
+
+# train(config) -> (the model's state_dict, the base's validation metrics)
+BaseTrainer = Callable[[TrialConfig], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+
+
+class BaseModelError(RuntimeError):
+    """A base model file that is missing, truncated, fails its checksum or does not load."""
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def validate_base(raw: Any, trial: TrialConfig) -> dict[str, Any] | None:
+    """The `base:` section as plain data ({"method": ..., "epochs": ..., other trial keys}),
+    or None (train from scratch). Raises ConfigError with one line on anything wrong."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"base: expected a mapping like {{method: erm, epochs: 10}} or null, got {raw!r}"
+        )
+    base: dict[str, Any] = {"method": "erm"}
+    for key, value in raw.items():
+        where = f"base.{key}"
+        if key == "epochs":
+            base[key] = validate_trial_value("epochs_per_round", value, where)
+            continue
+        if key in _NOT_BASE_KEYS:
+            raise ConfigError(f"{where}: not a base key ({_NOT_BASE_KEYS[key]})")
+        if key not in TRIAL_FIELDS:
+            known = ", ".join(["epochs", *(k for k in TRIAL_FIELDS if k not in _NOT_BASE_KEYS)])
+            raise ConfigError(f"{where}: unknown key; known keys: {known}")
+        base[key] = validate_trial_value(key, value, where)
+    if "epochs" not in base:
+        raise ConfigError("base.epochs: required (the base's training epochs)")
+    if base["method"] not in BASE_METHODS:
+        raise ConfigError(
+            f"base.method: must be one of {BASE_METHODS} (a base has no LIME rounds), "
+            f"got {base['method']!r}"
+        )
+    for key in _ARCHITECTURE_KEYS:
+        if key in base and base[key] != getattr(trial, key):
+            raise ConfigError(
+                f"base.{key}: must equal trial.{key} ({getattr(trial, key)!r}; every trial "
+                f"loads the base's weights into its own model), got {base[key]!r}"
+            )
+    base_trial_config(trial, base, trial.seed)  # the merged config passes the trial checks
+    return base
+
+
+def base_trial_config(trial: TrialConfig, base: dict[str, Any], seed: int) -> TrialConfig:
+    """The trial config that trains the base: the study's trial config with the base's keys,
+    one round of base.epochs epochs, the given seed, no base of its own, test split sealed."""
+    values = {
+        **vars(trial),
+        **{k: v for k, v in base.items() if k != "epochs"},
+        "rounds": 1,
+        "epochs_per_round": base["epochs"],
+        "seed": seed,
+        "stage": "search",  # only the confirmation stage reads the test split
+        "config_id": "base",
+        "replicate": 0,
+        "base_checkpoint": None,
+    }
+    try:
+        return make_trial_config(values)
+    except ConfigError as e:
+        raise ConfigError(f"base: {e}") from e
+
+
+# --- the cache key ---------------------------------------------------------------------------
+
+
+def data_fingerprint(splits) -> str:
+    """SHA-256 of the dataset's name and its training images and labels as the trials see them
+    (after the validation split is carved out): exact for any source (digits, torchvision's
+    batches, an image folder), whatever path or date the files have."""
+    h = hashlib.sha256(f"{splits.name}\n".encode())
+    for t in (splits.train_x, splits.train_y):
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(memoryview(t.contiguous().numpy()).cast("B"))
+    return h.hexdigest()
+
+
+def base_weight_config(cfg: TrialConfig) -> dict[str, Any]:
+    """The keys of a base's trial config that decide its weights (augment resolved)."""
+    from trainables.augment import resolve
+
+    ignored = _NOT_WEIGHTS | _UNUSED_BY_METHOD.get(cfg.method, set())
+    out = {k: v for k, v in vars(cfg).items() if k not in ignored}
+    out["augment"] = resolve(cfg.augment, cfg.dataset)
+    return out
+
+
+def base_key(cfg: TrialConfig, data_fp: str, version: int = BASE_VERSION) -> str:
+    """The cache key of the base that `cfg` trains on data with fingerprint `data_fp`."""
+    content = {"version": version, "config": base_weight_config(cfg), "data": data_fp}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def base_dir(storage: str, key: str) -> str:
+    """<storage>/bases/<key>: a local path or a URI, like the storage."""
+    return f"{storage.rstrip('/')}/{BASES_DIR}/{key}"
+
+
+def model_path(storage: str, key: str) -> str:
+    return f"{base_dir(storage, key)}/{MODEL_FILE}"
+
+
+# --- reading and writing, local or remote ----------------------------------------------------
+
+
+def _fs(uri: str):
+    import os
+
+    import pyarrow.fs as pafs
+
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _read(fs, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _write(fs, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def load_base_weights(uri: str) -> dict[str, torch.Tensor]:
+    """The state_dict in a base model file, after its SHA-256 sidecar matches; loaded with
+    weights_only=True (tensors and plain data, never arbitrary code)."""
+    fs, path = _fs(uri)
+    try:
+        data = _read(fs, path)
+        expected = _read(fs, path + ".sha256").decode().strip()
+    except OSError as e:
+        raise BaseModelError(f"base model {uri}: cannot read ({e})") from e
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise BaseModelError(f"base model {uri}: fails its SHA-256 (truncated or corrupted)")
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first_line = (str(e) or type(e).__name__).splitlines()[0]
+        raise BaseModelError(
+            f"base model {uri}: cannot be loaded with weights_only=True ({first_line})"
+        ) from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise BaseModelError(f"base model {uri}: holds no model state_dict")
+    return state["model"]
+
+
+def read_cached(storage: str, key: str) -> tuple[dict[str, Any] | None, str]:
+    """(base.json's contents, "") for a complete, intact cache entry; (None, why) otherwise,
+    with why "" for an entry that does not exist."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(base_dir(storage, key))
+    info_path = posixpath.join(root, INFO_FILE)
+    if fs.get_file_info(info_path).type == pafs.FileType.NotFound:
+        return None, ""
+    try:
+        info = json.loads(_read(fs, info_path))
+    except (OSError, ValueError) as e:
+        return None, f"{INFO_FILE} is unreadable ({e})"
+    if not isinstance(info, dict) or info.get("key") != key:
+        return None, f"{INFO_FILE} names another key"
+    uri = model_path(storage, key)
+    try:
+        load_base_weights(uri)
+        sidecar = _read(fs, posixpath.join(root, MODEL_FILE + ".sha256")).decode().strip()
+    except (BaseModelError, OSError) as e:
+        return None, str(e)
+    if sidecar != info.get("sha256"):
+        return None, f"{MODEL_FILE} is not the file {INFO_FILE} describes"
+    return info, ""
+
+
+def store_base(
+    storage: str, key: str, state_dict: dict[str, torch.Tensor], info: dict[str, Any]
+) -> dict[str, Any]:
+    """Write model.pt, its SHA-256 sidecar and, last, base.json (an entry without base.json is
+    incomplete and never used); returns the base.json contents."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(base_dir(storage, key))
+    fs.create_dir(root, recursive=True)
+    info_path = posixpath.join(root, INFO_FILE)
+    if fs.get_file_info(info_path).type != pafs.FileType.NotFound:
+        fs.delete_file(info_path)  # the entry is being replaced: incomplete until the end
+    buffer = io.BytesIO()
+    torch.save({"model": {k: v.detach().cpu() for k, v in state_dict.items()}}, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    _write(fs, posixpath.join(root, MODEL_FILE), data)
+    _write(fs, posixpath.join(root, MODEL_FILE + ".sha256"), digest.encode())
+    info = {**info, "key": key, "sha256": digest}
+    _write(fs, info_path, json.dumps(info, indent=2, default=float).encode())
+    return info
+
+
+# --- training or reusing ---------------------------------------------------------------------
+
+
+def train_base_locally(cfg: TrialConfig, splits=None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Train a base in this process (plain refine(), no Ray): the tests' and notebooks' path.
+    The study's path is trainables.trial.run_base (the same refine() in a Ray Train worker)."""
+    from trainables.refine import refine
+
+    kept: dict[str, Any] = {}
+    metrics = refine(cfg, report=lambda m, state: kept.update(state or {}), splits=splits)
+    return kept["model"], metrics
+
+
+def ensure_base(
+    cfg: TrialConfig,
+    storage: str,
+    data_fp: str,
+    train: BaseTrainer,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The base that `cfg` (from base_trial_config) trains, from the cache in `storage` or
+    trained now with `train` and stored there. Returns its base.json contents plus "path" (the
+    model file every trial loads) and "reused"."""
+    key = base_key(cfg, data_fp)
+    path = model_path(storage, key)
+    info, problem = read_cached(storage, key)
+    what = f"base {key} ({cfg.method}, {cfg.epochs_per_round} epochs, seed {cfg.seed})"
+    if info is not None:
+        say(f"[base] reusing {what} from {path}, trained before: {_accuracy(info)}; no training")
+        return {**info, "path": path, "reused": True}
+    if problem:
+        say(f"[base] cached {what} is unusable ({problem}); training it again")
+    say(f"[base] training {what}")
+    t0 = time.perf_counter()
+    state_dict, metrics = train(cfg)
+    seconds = time.perf_counter() - t0
+    info = {
+        "version": BASE_VERSION,
+        "config": base_weight_config(cfg),
+        "data_fingerprint": data_fp,
+        "trial_config": vars(cfg),
+        "metrics": metrics,
+        "train_seconds": seconds,
+    }
+    info = store_base(storage, key, state_dict, info)
+    say(f"[base] trained {what} in {seconds:.0f}s: {_accuracy(info)}; stored at {path}")
+    return {**info, "path": path, "reused": False}
+
+
+def _accuracy(info: dict[str, Any]) -> str:
+    metrics = info.get("metrics") or {}
+    parts = [
+        f"{label} {100 * metrics[k]:.1f}%"
+        for label, k in (("val clean", "val_clean_acc"), ("robust", "val_robust_acc"))
+        if isinstance(metrics.get(k), int | float)
+    ]
+    return "  ".join(parts) or "no metrics"
