@@ -343,6 +343,23 @@ def default_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     return max(1, min(fits, default=1))
 
 
+def resource_shortfall(cfg: StudyConfig, cluster: dict[str, float]) -> str | None:
+    """A console warning when the cluster cannot hold even one trial now (e.g. a GPU share on a
+    cluster without GPUs): Tune then waits, and its own warnings go to the log file. Not an
+    error: an autoscaling cluster adds the nodes when the trials ask for them."""
+    short = [
+        f"{v:g} {k} (the cluster has {cluster.get(k, 0):g})"
+        for k, v in trial_resources(cfg).items()
+        if v > cluster.get(k, 0) + 1e-9
+    ]
+    if not short:
+        return None
+    return (
+        f"warning: a trial needs {', '.join(short)}; trials wait until the cluster has it "
+        "(an autoscaling cluster adds nodes; otherwise stop with Ctrl-C and lower the request)"
+    )
+
+
 def _trainable(cfg: StudyConfig):
     from ray import tune
 
@@ -551,6 +568,11 @@ def run_study(
         print(f"Study {cfg.name}: Ray's own output goes to {log}", file=console_stream())
         redirect_logs(log)
     connect_ray(address)
+    import ray
+
+    shortfall = resource_shortfall(cfg, ray.cluster_resources())
+    if shortfall:
+        print(shortfall, file=console_stream(), flush=True)
     if not resume:  # first: a study interrupted from here on (even in its base) resumes
         write_study_file(cfg)
     cfg = prepare_base(cfg)  # the shared base model, trained or found in the cache

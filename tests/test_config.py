@@ -124,3 +124,11 @@ def test_cli_help_and_exit_code_from_a_real_process():
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "--preset" in bad.stderr
+
+
+def test_a_cluster_that_cannot_hold_one_trial_is_named_on_the_console():
+    cfg = sweep.with_gpus_per_trial(load_config(None, {}), 1.0)  # one GPU per trial
+    warning = sweep.resource_shortfall(cfg, {"CPU": 2.0})
+    assert warning.startswith("warning: a trial needs 1 GPU (the cluster has 0)")
+    assert sweep.resource_shortfall(cfg, {"CPU": 2.0, "GPU": 1.0}) is None
+    assert sweep.resource_shortfall(load_config(None, {}), {"CPU": 2.0}) is None
