@@ -111,7 +111,7 @@ def tiny_study(ray_local, tmp_path_factory) -> str:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,  # about 8 min on a fresh 2-core machine; a hang still ends
     )
     study_dir = storage / TINY_STUDY["name"]
     assert run.returncode == 0, run.stdout + run.stderr + _tail(study_dir / "study.log")
