@@ -17,6 +17,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+# The study's own files (study/sweep.py, study/confirm.py, study/scheduler.py write them), named
+# here, without Ray or torch, so a status query or a notebook reads them by the same names.
+STUDY_FILE = "study.json"
+PLAN_FILE = "confirmation_plan.json"
+ANSWER_FILE = "answer.csv"  # the confirmation writes it last
+SCHEDULER_STATE_FILE = "scheduler_state.json"
+
 DEFAULT_OBJECTIVES = {"clean_acc": "max", "robust_acc": "max"}
 METHOD = "lime_refine"
 METHOD_LABEL = "LIME-guided refinement"
@@ -201,7 +208,7 @@ def searched_trials(df: pd.DataFrame) -> pd.DataFrame:
 def load_study_settings(study_dir: str | os.PathLike) -> dict:
     """The sweep's study.json ({} for a plain Tune experiment that has none)."""
     fs, root = open_study_fs(study_dir)
-    path = posixpath.join(root, "study.json")
+    path = posixpath.join(root, STUDY_FILE)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return {}
     return json.loads(_read_text(fs, path))
@@ -210,7 +217,7 @@ def load_study_settings(study_dir: str | os.PathLike) -> dict:
 def latest_study(storage: str | os.PathLike) -> str:
     """The most recently changed study directory (one with a study.json) under a local storage."""
     root = os.path.abspath(os.path.expanduser(storage))
-    found = [e.path for e in os.scandir(root) if os.path.isfile(os.path.join(e.path, "study.json"))]
+    found = [e.path for e in os.scandir(root) if os.path.isfile(os.path.join(e.path, STUDY_FILE))]
     if not found:
         raise FileNotFoundError(f"no study directory (with a study.json) under {root}")
     return max(found, key=os.path.getmtime)

@@ -11,6 +11,8 @@ import math
 import os
 import zlib
 
+from analysis.results import STUDY_FILE
+
 SEARCH = {
     "mask_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},
     "reg_weight": {"type": "loguniform", "low": 1e-3, "high": 10.0},
@@ -76,7 +78,7 @@ def make_synthetic_study(
     from ray.tune.search.optuna import OptunaSearch
 
     study_dir = os.path.join(os.path.abspath(storage), name)
-    if reuse and os.path.isfile(os.path.join(study_dir, "study.json")):
+    if reuse and os.path.isfile(os.path.join(study_dir, STUDY_FILE)):
         return study_dir
     trial = {
         "method": "lime_refine",
@@ -121,7 +123,7 @@ def make_synthetic_study(
         base_space = {**trial, "mask_ratio": 0.0, "reg_weight": 0.0, "epsilon": 0.1}
         base_space["method"] = tune.grid_search(list(BASELINES))
         _fit(base_space, tune.TuneConfig(max_concurrent_trials=2), study_dir, "baselines")
-    with open(os.path.join(study_dir, "study.json"), "w") as f:  # last: marks a finished study
+    with open(os.path.join(study_dir, STUDY_FILE), "w") as f:  # last: marks a finished study
         json.dump(settings, f, indent=2)
     return study_dir
 

@@ -37,7 +37,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.pareto import hypervolume, pareto_mask
-from analysis.results import BASELINES
+from analysis.results import ANSWER_FILE, BASELINES, STUDY_FILE
+from benchmarks.output import benchmark_command, write_results
 
 SCHEDULERS: dict[str, dict[str, Any]] = {
     "fifo": {"type": "fifo"},
@@ -50,7 +51,6 @@ CONFIRMED = {"test_clean_acc_mean": "max", "test_robust_acc_mean": "max"}
 VALIDATION = {"val_clean_acc_mean": "max", "val_robust_acc_mean": "max"}
 REFERENCE_POINT = 0.0  # for every objective: accuracies as fractions, 1.0 would be perfect
 CONFIRMATION_EXPERIMENT = "confirmation"  # study.confirm.CONFIRMATION_DIR (no Ray import here)
-LAST_TABLE = "answer.csv"  # study.confirm.write_confirmation_tables writes it last
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def study_overrides(scheduler: str, seed: int, settings: Settings, storage: str)
 
 def study_finished(study_dir: str) -> bool:
     """The confirmation's last table is there, or the search left no front to confirm."""
-    if os.path.isfile(os.path.join(study_dir, LAST_TABLE)):
+    if os.path.isfile(os.path.join(study_dir, ANSWER_FILE)):
         return True
     front = os.path.join(study_dir, "pareto.csv")
     return os.path.isfile(front) and _read_csv(front).empty
@@ -119,7 +119,7 @@ def run_digits_study(scheduler: str, seed: int, settings: Settings, storage: str
     import ray
 
     from study.config import load_config
-    from study.sweep import STUDY_FILE, run_study
+    from study.sweep import run_study
 
     overrides = study_overrides(scheduler, seed, settings, storage)
     cfg = load_config(None, overrides)
@@ -179,7 +179,7 @@ def _front_hypervolume(table: pd.DataFrame, objectives: dict[str, str]) -> tuple
 
 def study_row(study_dir: str) -> dict[str, Any]:
     """One study's row: search and confirmation trial-seconds, stopped trials, hypervolumes."""
-    with open(os.path.join(study_dir, "study.json")) as f:
+    with open(os.path.join(study_dir, STUDY_FILE)) as f:
         settings = json.load(f)
     trials = _read_csv(os.path.join(study_dir, "trials.csv"))
     search = _search_trials(trials, settings.get("name", os.path.basename(study_dir)))
@@ -448,10 +448,7 @@ def main(argv: list[str] | None = None, run: Runner = run_digits_study) -> int:
     storage = os.path.abspath(args.storage)
     os.makedirs(storage, exist_ok=True)
     results = run_benchmark(args.seeds, settings, storage, run)
-    results.to_csv(os.path.join(storage, "early_stopping.csv"), index=False)
-    command = "python -m benchmarks.early_stopping " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = benchmark_command("benchmarks.early_stopping", argv)
     text = (
         f"Command: `{command.strip()}`\n\n"
         f"Digits preset, {settings.num_samples} configurations x {settings.replicates} "
@@ -462,11 +459,7 @@ def main(argv: list[str] | None = None, run: Runner = run_digits_study) -> int:
         "test split, confirmed.csv; validation: pareto.csv). Mean ± sample sd over seeds.\n\n"
         + markdown(results)
     )
-    with open(os.path.join(storage, "early_stopping.md"), "w") as f:
-        f.write(text)
-    benchmark_figure(results).savefig(os.path.join(storage, "early_stopping.png"), dpi=130)
-    print(text)
-    print(f"results: {storage}/early_stopping.{{csv,md,png}}")
+    write_results(storage, "early_stopping", results, text, benchmark_figure(results))
     return 0
 
 

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from analysis.pareto import hypervolume
 from analysis.results import completed, load_trials, searched_trials
+from benchmarks.output import benchmark_command, write_results
 
 SEARCHERS = ("optuna", "random")
 OBJECTIVES = {"clean_acc": "max", "robust_acc": "max"}
@@ -195,19 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(storage, exist_ok=True)
     run = run_synthetic_study if args.synthetic else run_digits_study
     results = run_benchmark(args.seeds, args.num_samples, storage, run)
-    results.to_csv(os.path.join(storage, "search_efficiency.csv"), index=False)
     table = summary_table(results)
-    command = "python -m benchmarks.search_efficiency " + " ".join(argv or sys.argv[1:])
+    command = benchmark_command("benchmarks.search_efficiency", argv)
     text = (
         f"Command: `{command.strip()}`\n\n"
         f"{args.num_samples} trials per study, seeds {args.seeds}; final hypervolume of the "
         "front (accuracies as fractions, reference (0, 0)).\n\n" + markdown(table)
     )
-    with open(os.path.join(storage, "search_efficiency.md"), "w") as f:
-        f.write(text)
-    benchmark_figure(results).savefig(os.path.join(storage, "search_efficiency.png"), dpi=130)
-    print(text)
-    print(f"results: {storage}/search_efficiency.{{csv,md,png}}")
+    write_results(storage, "search_efficiency", results, text, benchmark_figure(results))
     return 0
 
 

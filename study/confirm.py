@@ -21,8 +21,9 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.results import ANSWER_FILE, PLAN_FILE, STUDY_FILE
 from study.config import ConfigError, StudyConfig, build_study_config, confirm_seed
-from study.console import console_stream, redirect_logs
+from study.console import console_stream, print_error, redirect_logs
 from trainables.config import TRIAL_FIELDS, make_trial_config
 
 CONFIRM_METRICS = (
@@ -30,7 +31,6 @@ CONFIRM_METRICS = (
     "test_pgd50_acc", "test_autoattack_acc", "test_cifar10c_mean",
 )  # fmt: skip
 CONFIRMATION_DIR = "confirmation"
-PLAN_FILE = "confirmation_plan.json"
 
 
 def _plain(value: Any) -> Any:
@@ -146,7 +146,7 @@ def write_confirmation_tables(cfg: StudyConfig, out_dir: Path) -> pd.DataFrame:
     confirmation.to_csv(out_dir / "confirmation.csv", index=False)
     confirmed.to_csv(out_dir / "confirmed.csv", index=False)
     bias.to_csv(out_dir / "selection_bias.csv", index=False)
-    answer.to_csv(out_dir / "answer.csv", index=False)
+    answer.to_csv(out_dir / ANSWER_FILE, index=False)
     return answer
 
 
@@ -163,7 +163,7 @@ def front_ids_of(out_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from study.sweep import LOG_FILE, STUDY_FILE, _is_remote, connect_ray, print_answer, summarize
+    from study.sweep import LOG_FILE, _is_remote, connect_ray, print_answer, summarize
 
     p = argparse.ArgumentParser(
         prog="python -m study.confirm",
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             redirect_logs(out_dir / LOG_FILE)
         connect_ray(args.address)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     print_answer(run_confirmation(cfg, front_ids, out_dir))
     return 0

@@ -80,6 +80,13 @@ def console_stream() -> TextIO:
     return _console if _console is not None else sys.stdout
 
 
+def print_error(message: str) -> None:
+    """`error: message` on stderr, and on the console too when the log file took stderr."""
+    print(f"error: {message}", file=sys.stderr)
+    if console_stream() is not sys.stdout:
+        print(f"error: {message}", file=console_stream())
+
+
 def logs_redirected() -> bool:
     """Whether redirect_logs sent Ray's output to a log file (then Tune's own is silenced)."""
     return _console is not None and _console is not sys.stdout

@@ -22,7 +22,16 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs as pafs
 
-from analysis.results import load_study_settings, load_trials, objectives_of, open_study_fs
+from analysis.results import (
+    ANSWER_FILE,
+    PLAN_FILE,
+    SCHEDULER_STATE_FILE,
+    STUDY_FILE,
+    load_study_settings,
+    load_trials,
+    objectives_of,
+    open_study_fs,
+)
 from analysis.tables import (
     STAGES,
     answer_table_text,
@@ -32,13 +41,6 @@ from analysis.tables import (
     front_table,
     stage_of,
 )
-
-# The sweep's file names (study/sweep.py, study/confirm.py, study/scheduler.py); not imported
-# from there, as those modules import torch and Ray, which a status query does not need.
-STUDY_FILE = "study.json"
-PLAN_FILE = "confirmation_plan.json"
-ANSWER_FILE = "answer.csv"
-SCHEDULER_STATE_FILE = "scheduler_state.json"
 
 
 class StudyError(Exception):

@@ -284,6 +284,8 @@ REDIRECTED = textwrap.dedent(
     console.write("console-line\\n")
     console.flush()
     if sys.argv[2] == "0":
+        from study.console import print_error
+        print_error("bad-input-line")  # a ConfigError raised after the redirect (study.confirm)
         raise RuntimeError("boom")
     """
 )
@@ -305,10 +307,12 @@ def test_redirect_logs_sends_everything_but_the_console_to_the_log(tmp_path):
     log = tmp_path / "logs" / "study.log"
     run = _run_redirected(log, verbose=False)
     assert run.returncode == 1
-    assert run.stdout == f"console-line\nerror: RuntimeError: boom (details in {log})\n"
+    assert run.stdout == (
+        f"console-line\nerror: bad-input-line\nerror: RuntimeError: boom (details in {log})\n"
+    )
     assert run.stderr == ""
     text = log.read_text()
-    for marker in MARKERS:
+    for marker in [*MARKERS, "error: bad-input-line"]:
         assert marker in text, marker
     assert "Traceback" in text and "RuntimeError: boom" in text
 
