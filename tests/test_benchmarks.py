@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from benchmarks import reproduce_cifar10, seed_spread
+from benchmarks import cifar_base, reproduce_cifar10, seed_spread
 
 
 def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_path):
@@ -31,3 +31,19 @@ def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_
     )
     assert [(s["row"], s["seed"]) for s in spread] == [("erm", 1)]
     assert 0 <= spread[0]["val_robust_acc"] <= spread[0]["val_clean_acc"] <= 1
+
+
+def test_cifar_base_benchmark_at_smoke_scale(cifar10_tarball, tmp_path):
+    threads = ["--threads", str(torch.get_num_threads())]  # main sets it: keep this process's
+    args = ["--data-dir", str(cifar10_tarball), *threads, "--width", "8"]
+    out = cifar_base.main(
+        [*args, "--epochs", "1", "--train-subset", "256", "--json", str(tmp_path / "b.json")]
+    )
+    assert json.loads((tmp_path / "b.json").read_text()) == out
+    assert out["train_images"] == 256 and out["test_images"] == 10_000
+    assert out["augment"] == "flip_translate" and out["train_s"] > 0
+    assert 0 <= out["test_clean_acc"] <= 1 and 0 <= out["val_clean_acc"] <= 1
+    assert out["target_met"] is False  # 256 images, one epoch: far below 80%
+
+    probe = cifar_base.main([*args, "16", "--probe-steps", "1"])["probe"]
+    assert [row["width"] for row in probe] == [8, 16] and all(r["images_per_s"] > 0 for r in probe)

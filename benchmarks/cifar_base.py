@@ -1,0 +1,125 @@
+"""A CIFAR-10 base model on the CPU: the clean test accuracy ERM training reaches, and its time.
+
+    python -m benchmarks.cifar_base --data-dir ../shared/data/cifar10-jpeg.tar.gz \
+        --width 16 --epochs 12 --json OUT.json
+
+Issue 12's target for a `cifar10-cpu` base: at least 80% clean accuracy on the CIFAR-10 test split
+in at most 15 minutes on 2 cores. The base is trained as a study's `base:` section trains it
+(`train_base_locally`: refine() with one round of ERM, the loop's learning-rate schedule, flip and
+translate augmentation), in this process with `--threads` threads; then its clean accuracy is
+measured in eval mode on all 10,000 test images. `--probe-steps N` times N training steps of each
+`--width` instead (images per second, for choosing a width and an epoch count that fit the budget).
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+from trainables.augment import resolve
+from trainables.base import base_trial_config, train_base_locally
+from trainables.config import make_trial_config
+from trainables.data import load_splits
+from trainables.evaluate import accuracy
+from trainables.refine import build_trial_model
+
+BUDGET_S = 15 * 60
+TARGET_ACC = 0.80
+
+
+def base_config(args: argparse.Namespace, width: int, epochs: int):
+    trial = make_trial_config(
+        {
+            "dataset": "cifar10", "data_dir": args.data_dir, "model": "fast_cnn",
+            "model_width": width, "batch_size": args.batch_size, "lr": args.lr,
+            "method": "erm", "seed": args.seed, "train_subset": args.train_subset,
+            # the round's own evaluation (validation; not the figure this benchmark reports)
+            "eval_subset": 200, "eval_epsilon": 2 / 255, "eval_steps": 5, "blackbox_queries": 50,
+        }
+    )  # fmt: skip
+    return base_trial_config(trial, {"method": "erm", "epochs": epochs}, args.seed)
+
+
+def probe(args: argparse.Namespace, splits) -> list[dict]:
+    """Images per second of `--probe-steps` ERM steps (with augmentation) at each width."""
+    from trainables.augment import flip_translate
+    from trainables.refine import training_loss
+
+    rows = []
+    for width in args.width:
+        cfg = base_config(args, width, 1)
+        model = build_trial_model(cfg, splits).train()
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+        gen = torch.Generator().manual_seed(0)
+        x_all, y_all = splits.train_x, splits.train_y
+        w = torch.ones(cfg.batch_size, 1, *x_all.shape[-2:])
+        for step in range(args.probe_steps + 2):  # two warm-up steps, not timed
+            if step == 2:
+                t0 = time.perf_counter()
+            idx = torch.randint(len(x_all), (cfg.batch_size,), generator=gen)
+            x, _ = flip_translate((x_all[idx], w), gen)
+            loss = training_loss(cfg, model, x, y_all[idx], w, step, 1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        seconds = time.perf_counter() - t0
+        ips = args.probe_steps * cfg.batch_size / seconds
+        rows.append({"width": width, "images_per_s": round(ips, 1),
+                     "epoch_s": round(len(x_all) / ips, 1)})  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cifar_base", description=__doc__)
+    p.add_argument("--data-dir", required=True, help="CIFAR-10 (see python -m study.sweep -h)")
+    p.add_argument("--width", type=int, nargs="+", default=[16], help="fast_cnn base width")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-subset", type=int, help="train on N images (default: all; a smoke run)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--probe-steps", type=int, default=0, help="only time N steps per width")
+    p.add_argument("--json", help="write the numbers here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    t0 = time.perf_counter()
+    splits = load_splits("cifar10", args.data_dir, val_size=None, with_test=True)
+    load_s = time.perf_counter() - t0
+    if args.probe_steps:
+        out: dict = {"probe": probe(args, splits), "threads": args.threads}
+    else:
+        if len(args.width) != 1:
+            p.error("--width: one width unless --probe-steps")
+        cfg = base_config(args, args.width[0], args.epochs)
+        t0 = time.perf_counter()
+        weights, metrics = train_base_locally(cfg, splits)
+        train_s = time.perf_counter() - t0
+        model = build_trial_model(cfg, splits)
+        model.load_state_dict(weights)
+        test_acc = accuracy(model, splits.test_x, splits.test_y)  # in eval() mode
+        n = min(len(splits.train_x), args.train_subset or len(splits.train_x))
+        out = {
+            "width": cfg.model_width, "epochs": args.epochs, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "augment": resolve(cfg.augment, cfg.dataset),
+            "threads": args.threads, "seed": args.seed,
+            "train_images": n, "data_load_s": round(load_s, 1),
+            "train_s": round(train_s, 1), "images_per_s": round(n * args.epochs / train_s, 1),
+            "round_train_s": round(metrics["train_seconds"], 1),
+            "val_clean_acc": round(metrics["val_clean_acc"], 4),
+            "test_clean_acc": round(test_acc, 4), "test_images": len(splits.test_y),
+            "target": f">= {TARGET_ACC:.0%} in <= {BUDGET_S // 60} min",
+            "target_met": test_acc >= TARGET_ACC and train_s <= BUDGET_S,
+        }  # fmt: skip
+        print(json.dumps(out, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
