@@ -12,11 +12,11 @@ measured in eval mode on all 10,000 test images. `--probe-steps N` times N train
 """
 
 import argparse
-import json
 import time
 
 import torch
 
+from benchmarks.output import emit_json
 from trainables.augment import resolve
 from trainables.base import base_trial_config, train_base_locally
 from trainables.config import make_trial_config
@@ -114,10 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             "target": f">= {TARGET_ACC:.0%} in <= {BUDGET_S // 60} min",
             "target_met": test_acc >= TARGET_ACC and train_s <= BUDGET_S,
         }  # fmt: skip
-        print(json.dumps(out, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    emit_json(out, args.json)
     return out
 
 

@@ -11,13 +11,14 @@ that map them, so the sum does not count Ray's shared object store twice.
 
 import argparse
 import contextlib
-import json
 import subprocess
 import sys
 import tempfile
 import time
 
 import psutil
+
+from benchmarks.output import emit_json
 
 
 def tree_pss_mb(root: psutil.Process) -> float:
@@ -58,10 +59,7 @@ def main() -> None:
         "cpus": psutil.cpu_count(),
         "study_dir": storage,
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    emit_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Agreement (Spearman of the superpixel weights, top-5 overlap) is measured at its
 """
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from benchmarks.output import emit_json
 from trainables.data import load_splits, subset
 from trainables.evaluate import accuracy
 from trainables.explain import explain_images
@@ -198,10 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_memory_mb": peak_memory_mb(device),
         "command": "python -m benchmarks.lime_throughput " + " ".join(sys.argv[1:]),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    emit_json(result, args.json)
     return result
 
 

@@ -12,12 +12,12 @@ trial's Ray actor).
 
 import argparse
 import importlib
-import json
 import tempfile
 import time
 
 import torch
 
+from benchmarks.output import emit_json
 from study.config import PRESETS, load_config
 from study.sweep import connect_ray, run_study, with_gpus_per_trial
 from trainables.refine import refine
@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         "overhead_pct": round(100 * (through_ray - direct) / direct, 1),
         "ray_start_s": round(ray_start, 2),
     }
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    emit_json(out, args.json)
     return out
 
 
