@@ -103,7 +103,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # scikit-learn digits, 8x8 grayscale; eps 0.1 of [0, 1] is 1.6 of the 16 grey levels.
     "digits": {
         # configurations, each trained with `replicates` seeds: 4 keep the whole default study
-        # (30 trials' worth of Ray processes on 2 cores) near 10 minutes (docs/benchmarks.md)
+        # (26 trials of about 8 Ray processes each, on 2 cores) under 10 minutes (545 s measured,
+        # docs/benchmarks.md)
         "num_samples": 4,
         "baselines": ["erm", "pgd_at", "ig_norm"],
         "trial": {
