@@ -158,6 +158,40 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 8 / 255}},
     },
+    # CIFAR-10 on 2 CPU cores, no GPU: a width-32 fast_cnn base trained once (12 epochs of ERM:
+    # 77.8% on the test split in 14.5 minutes), refined by every trial on a 5,000-image subset
+    # with a 128-image LIME pool, two trials at a time, a core each: one search trial took 257 s
+    # of work on one thread (docs/benchmarks.md "CIFAR-10 on the CPU"). Its study is not run yet.
+    "cifar10-cpu": {
+        "num_samples": 12,
+        "baselines": ["erm", "pgd_at", "ig_norm"],
+        "base": {"method": "erm", "epochs": 12, "lr": 0.1, "train_subset": None},
+        "trial": {
+            "dataset": "cifar10",
+            "model": "fast_cnn",
+            "model_width": 32,
+            "train_subset": 5_000,
+            "rounds": 2,
+            "epochs_per_round": 1,
+            "batch_size": 256,
+            "lr": 0.02,  # refining a trained base: a fifth of its lr
+            "pool_size": 128,
+            "lime_samples": 200,
+            "lime_backend": "torch",
+            "lime_actors": 0,
+            "segmentation": "slic",
+            "epsilon": 2 / 255,
+            "attack_steps": 2,
+            "eval_epsilon": 2 / 255,
+            "eval_steps": 10,
+            "eval_subset": 500,
+            "blackbox_queries": 100,
+            "eval_grid": "1/255,2/255,4/255,8/255",
+            "final_eval_subset": 200,
+            "cpus_per_worker": 1.0,
+        },  # fmt: skip
+        "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 8 / 255}},
+    },
 }
 
 STUDY_KEYS = {

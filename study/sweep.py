@@ -21,6 +21,7 @@ from analysis.results import SCHEDULER_STATE_FILE, STUDY_FILE
 from analysis.tables import answer_table_text, front_table
 from study.base import prepare_base, write_base_record
 from study.config import (
+    PRESETS,
     ConfigError,
     StudyConfig,
     build_study_config,
@@ -55,9 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="LIME-guided robust refinement: a multi-objective Ray Tune + Optuna study.",
     )
     p.add_argument("--config", metavar="FILE.yaml", help="study YAML (keys: see README)")
-    p.add_argument(
-        "--preset", choices=["digits", "cifar10"], help="base settings (default: digits)"
-    )
+    p.add_argument("--preset", choices=list(PRESETS), help="base settings (default: digits)")
     p.add_argument("--dataset", help="override the dataset: digits (embedded), cifar10 or cifar100")
     p.add_argument(
         "--data-dir",

@@ -6,8 +6,9 @@ import sys
 import pytest
 
 from study import sweep
-from study.config import ConfigError, load_config
+from study.config import PRESETS, ConfigError, load_config
 from tests.conftest import REPO
+from trainables.base import base_trial_config
 
 
 def test_default_config_is_the_digits_preset():
@@ -132,3 +133,14 @@ def test_a_cluster_that_cannot_hold_one_trial_is_named_on_the_console():
     assert warning.startswith("warning: a trial needs 1 GPU (the cluster has 0)")
     assert sweep.resource_shortfall(cfg, {"CPU": 2.0, "GPU": 1.0}) is None
     assert sweep.resource_shortfall(load_config(None, {}), {"CPU": 2.0}) is None
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_builds_from_the_command_line(preset):
+    args = sweep.parse_args(["--preset", preset])  # the command line offers every preset
+    cfg = load_config(None, {"preset": args.preset})
+    assert cfg.preset == preset and cfg.replicates == 2 and cfg.confirm_seeds == 3
+    if cfg.base is not None:  # the base trains the trials' own architecture, one round
+        base = base_trial_config(cfg.trial, cfg.base, cfg.seed)
+        assert (base.model, base.model_width) == (cfg.trial.model, cfg.trial.model_width)
+        assert base.rounds == 1 and base.method != "lime_refine"
