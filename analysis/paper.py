@@ -8,7 +8,7 @@ comparison shows whether the direction of the effect reproduces, not the exact n
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.results import BASELINES, METHOD_LABEL, completed, searched_trials
+from analysis.results import BASELINES, CONFIRMATION_DIR, METHOD_LABEL, completed, searched_trials
 
 PAPER_SOURCE = "arXiv 2412.18952 (CIFAR-10)"
 # model -> (clean accuracy, adversarial accuracy), fractions as the study stores them
@@ -21,13 +21,11 @@ BARS = (
 )
 
 
-CONFIRMATION = "confirmation"  # the experiment folder of the confirmation stage (study/confirm.py)
-
-
 def _split_of(df: pd.DataFrame) -> str:
     """The metric prefix to report: the test split when the confirmation ran, else validation,
     else none (a plain Tune experiment with clean_acc / robust_acc)."""
-    if "experiment" in df and (df["experiment"] == CONFIRMATION).any() and "test_clean_acc" in df:
+    confirmed = "experiment" in df and (df["experiment"] == CONFIRMATION_DIR).any()
+    if confirmed and "test_clean_acc" in df:
         return "test_"
     return "val_" if "val_clean_acc" in df else ""
 
@@ -62,7 +60,7 @@ def reproduction_table(df: pd.DataFrame, settings: dict) -> pd.DataFrame:
     ]
     done = completed(df) if "status" in df else df
     prefix = _split_of(done)
-    in_confirmation = done["experiment"] == CONFIRMATION if "experiment" in done else False
+    in_confirmation = done["experiment"] == CONFIRMATION_DIR if "experiment" in done else False
     reported = done[in_confirmation] if prefix == "test_" else done[~in_confirmation]
     search = done[~in_confirmation]
     val = "val_" if "val_clean_acc" in done else ""

@@ -37,6 +37,7 @@ from analysis.plots import (
 )
 from analysis.results import (
     BASELINES,
+    CONFIRMATION_DIR,
     completed,
     load_study_settings,
     load_trials,
@@ -106,8 +107,6 @@ def _settings_html(settings: dict) -> str:
 
 # --- the protocol's tables (written by study.sweep.summarize and study.confirm) --------------
 
-CONFIRMATION = "confirmation"  # the confirmation's Tune experiment (study.confirm)
-
 
 def read_table(
     study_dir: str | os.PathLike, file: str, name: str | None = None
@@ -158,7 +157,7 @@ def search_stage(trials: pd.DataFrame) -> pd.DataFrame:
         if col in trials:
             keep &= trials[col] != "confirm"
     if "experiment" in trials:
-        keep &= trials["experiment"] != CONFIRMATION
+        keep &= trials["experiment"] != CONFIRMATION_DIR
     return trials[keep]
 
 

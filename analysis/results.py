@@ -23,6 +23,9 @@ STUDY_FILE = "study.json"
 PLAN_FILE = "confirmation_plan.json"
 ANSWER_FILE = "answer.csv"  # the confirmation writes it last
 SCHEDULER_STATE_FILE = "scheduler_state.json"
+# ... and the folders of its Tune experiments beside the search's own.
+BASELINES_DIR = "baselines"
+CONFIRMATION_DIR = "confirmation"
 
 DEFAULT_OBJECTIVES = {"clean_acc": "max", "robust_acc": "max"}
 METHOD = "lime_refine"

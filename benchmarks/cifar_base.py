@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = build_trial_model(cfg, splits)
         model.load_state_dict(weights)
         test_acc = accuracy(model, splits.test_x, splits.test_y)  # in eval() mode
-        n = min(len(splits.train_x), args.train_subset or len(splits.train_x))
+        n = metrics["train_examples"]
         out = {
             "width": cfg.model_width, "epochs": args.epochs, "batch_size": cfg.batch_size,
             "lr": cfg.lr, "augment": resolve(cfg.augment, cfg.dataset),

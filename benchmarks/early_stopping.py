@@ -37,7 +37,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.pareto import hypervolume, pareto_mask
-from analysis.results import ANSWER_FILE, BASELINES, STUDY_FILE
+from analysis.results import ANSWER_FILE, BASELINES, CONFIRMATION_DIR, STUDY_FILE
 from benchmarks.output import benchmark_command, write_results
 
 SCHEDULERS: dict[str, dict[str, Any]] = {
@@ -50,7 +50,6 @@ TARGET_RATIO = 0.5  # at most half the search's trial-seconds
 CONFIRMED = {"test_clean_acc_mean": "max", "test_robust_acc_mean": "max"}
 VALIDATION = {"val_clean_acc_mean": "max", "val_robust_acc_mean": "max"}
 REFERENCE_POINT = 0.0  # for every objective: accuracies as fractions, 1.0 would be perfect
-CONFIRMATION_EXPERIMENT = "confirmation"  # study.confirm.CONFIRMATION_DIR (no Ray import here)
 
 
 @dataclass(frozen=True)
@@ -188,7 +187,7 @@ def study_row(study_dir: str) -> dict[str, Any]:
     config_ids = "config/config_id"
     confirmation = _read_csv(os.path.join(study_dir, "confirmation.csv"))
     if confirmation.empty and "experiment" in trials:  # a study confirmed before that table
-        confirmation = trials[trials["experiment"] == CONFIRMATION_EXPERIMENT]
+        confirmation = trials[trials["experiment"] == CONFIRMATION_DIR]
     confirmed = _read_csv(os.path.join(study_dir, "confirmed.csv"))
     if not confirmed.empty:  # the front's configurations only, were a baseline confirmed too
         baseline = confirmed["config_id"].astype(str).isin(list(BASELINES))

@@ -189,7 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval_grid": "1/255,2/255,4/255,8/255",
             "final_eval_subset": 200,
             "cpus_per_worker": 1.0,
-        },  # fmt: skip
+        },
         "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 8 / 255}},
     },
 }

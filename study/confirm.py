@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.results import ANSWER_FILE, PLAN_FILE, STUDY_FILE
+from analysis.results import ANSWER_FILE, CONFIRMATION_DIR, PLAN_FILE, STUDY_FILE
 from study.config import ConfigError, StudyConfig, build_study_config, confirm_seed
 from study.console import console_stream, print_error, redirect_logs
 from trainables.config import TRIAL_FIELDS, make_trial_config
@@ -30,7 +30,6 @@ CONFIRM_METRICS = (
     "test_clean_acc", "test_robust_acc", "test_pgd_acc", "test_blackbox_acc",
     "test_pgd50_acc", "test_autoattack_acc", "test_cifar10c_mean",
 )  # fmt: skip
-CONFIRMATION_DIR = "confirmation"
 
 
 def _plain(value: Any) -> Any:

@@ -83,7 +83,7 @@ def console_stream() -> TextIO:
 def print_error(message: str) -> None:
     """`error: message` on stderr, and on the console too when the log file took stderr."""
     print(f"error: {message}", file=sys.stderr)
-    if console_stream() is not sys.stdout:
+    if logs_redirected():
         print(f"error: {message}", file=console_stream())
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from analysis.results import SCHEDULER_STATE_FILE, STUDY_FILE
+from analysis.results import BASELINES_DIR, CONFIRMATION_DIR, SCHEDULER_STATE_FILE, STUDY_FILE
 from analysis.tables import answer_table_text, front_table
 from study.base import prepare_base, write_base_record
 from study.config import (
@@ -29,7 +29,7 @@ from study.config import (
     read_yaml,
     replicate_seed,
 )
-from study.confirm import CONFIRMATION_DIR, front_ids_of, run_confirmation
+from study.confirm import front_ids_of, run_confirmation
 from study.console import (
     QUIET_TUNE_RUN_CONFIG,
     StudyConsole,
@@ -43,7 +43,6 @@ from trainables.config import make_trial_config
 from trainables.data import DataError, load_splits
 
 TRAIN_RUNS_DIR = "train_runs"
-BASELINES_DIR = "baselines"
 RESULT_FILES = ("trials.csv", "configs.csv", "pareto.csv", "pareto.png")
 LOG_FILE = "study.log"  # Ray's, Tune's and PyTorch's own output, unless --verbose
 # Reported beside the objectives: the parts of the worst-case robust accuracy.
