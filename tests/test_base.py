@@ -83,6 +83,7 @@ def test_base_section_is_validated_like_trial_keys(tmp_path):
         ({"epochs": 1, "method": "lime_refine"}, "base.method: must be one of"),
         ({"epochs": 1, "rounds": 3}, "base.rounds: not a base key"),
         ({"epochs": 1, "seed": 3}, "base.seed: not a base key"),
+        ({"epochs": 1, "confirmation": "each"}, "base.confirmation: must be one of"),
         ({"epochs": 1, "model_width": 8}, "base.model_width: must equal trial.model_width"),
         ({"epochs": 1, "attack_norm": "l2", "train_attack": "fgsm"}, "base: trial.attack_norm"),
         ([1, 2], "base: expected a mapping"),
@@ -255,6 +256,17 @@ def test_each_confirmation_seed_refines_its_own_base(tmp_path, digits_fp):
     assert [p["seed"] for p in points] == [confirm_seed(0, 0), confirm_seed(0, 1)]
     scratch = _study(tmp_path, base=None)
     assert confirmation_bases(scratch, 2, train, digits_fp) == [None, None]
+
+
+def test_a_shared_base_is_refined_at_every_confirmation_seed(tmp_path, digits_fp):
+    study = _study(tmp_path, base={**BASE, "confirmation": "shared"})
+    train = CountingTrainer()
+    prepared = prepare_base(study, train, digits_fp, say=lambda _: None)
+    bases = confirmation_bases(prepared, 3, train, digits_fp, say=lambda _: None)
+    assert bases == [prepared.trial.base_checkpoint] * 3 and train.calls == 1
+    # the key decides nothing about the weights: the same cached base as without it
+    plain = prepare_base(_study(tmp_path), train, digits_fp, say=lambda _: None)
+    assert plain.trial.base_checkpoint == prepared.trial.base_checkpoint and train.calls == 1
 
 
 # --- the Ray Train path ----------------------------------------------------------------------

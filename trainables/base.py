@@ -47,6 +47,9 @@ BASES_DIR = "bases"
 MODEL_FILE = "model.pt"
 INFO_FILE = "base.json"
 BASE_METHODS = tuple(m for m in METHODS if m != "lime_refine")
+# base.confirmation: the confirmation re-trains the base with each of its seeds (per_seed, the
+# default), or refines the study's one base at every seed (shared; study.base says when).
+BASE_CONFIRMATION = ("per_seed", "shared")
 
 # Trial keys a `base:` section cannot set, and why.
 _NOT_BASE_KEYS = {
@@ -113,10 +116,16 @@ def validate_base(raw: Any, trial: TrialConfig) -> dict[str, Any] | None:
         if key == "epochs":
             base[key] = validate_trial_value("epochs_per_round", value, where)
             continue
+        if key == "confirmation":
+            if value not in BASE_CONFIRMATION:
+                raise ConfigError(f"{where}: must be one of {BASE_CONFIRMATION}, got {value!r}")
+            base[key] = value
+            continue
         if key in _NOT_BASE_KEYS:
             raise ConfigError(f"{where}: not a base key ({_NOT_BASE_KEYS[key]})")
         if key not in TRIAL_FIELDS:
-            known = ", ".join(["epochs", *(k for k in TRIAL_FIELDS if k not in _NOT_BASE_KEYS)])
+            others = (k for k in TRIAL_FIELDS if k not in _NOT_BASE_KEYS)
+            known = ", ".join(["epochs", "confirmation", *others])
             raise ConfigError(f"{where}: unknown key; known keys: {known}")
         base[key] = validate_trial_value(key, value, where)
     if "epochs" not in base:
@@ -141,7 +150,7 @@ def base_trial_config(trial: TrialConfig, base: dict[str, Any], seed: int) -> Tr
     one round of base.epochs epochs, the given seed, no base of its own, test split sealed."""
     values = {
         **vars(trial),
-        **{k: v for k, v in base.items() if k != "epochs"},
+        **{k: v for k, v in base.items() if k not in ("epochs", "confirmation")},
         "rounds": 1,
         "epochs_per_round": base["epochs"],
         "seed": seed,
