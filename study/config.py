@@ -169,8 +169,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_samples": 12,
         "baselines": ["erm", "pgd_at", "ig_norm"],
         "base": {
-            "method": "erm", "epochs": 12, "lr": 0.1, "train_subset": None,
-            "cpus_per_worker": 2.0, "confirmation": "shared",
+            "method": "erm",
+            "epochs": 12,
+            "lr": 0.1,
+            "train_subset": None,
+            "cpus_per_worker": 2.0,
+            "confirmation": "shared",
         },  # fmt: skip
         "trial": {
             "dataset": "cifar10",
