@@ -132,16 +132,20 @@ def answer_table(
     metrics: Sequence[str] = CONFIRM_METRICS,
     reference: str = REFERENCE,
 ) -> pd.DataFrame:
-    """Each confirmed searched configuration against `reference` (PGD-AT, same budget): the
+    """Each confirmed searched configuration (not a baseline, not the reference) against
+    `reference` (PGD-AT, same budget; an ablation's variants against its full setting): the
     paired difference (same confirmation seed) of each metric with its 95% t-interval, and a
     `verdict`: "dominates" when every difference's interval lies above zero (better in every
     metric, with confidence), "worse in <metric>" when one lies below zero, else "undecided"
-    (the differences do not exceed their intervals)."""
+    (the differences do not exceed their intervals). Empty when the reference has no finished
+    trial: there is nothing to pair with."""
     done = completed(confirmation).assign(config_id=_config_id(completed(confirmation)))
     ref = done[done["config_id"] == reference].set_index("config/replicate")
+    if ref.empty:
+        return pd.DataFrame()
     rows = []
     for config_id, group in done.groupby("config_id", sort=True):
-        if config_id in BASELINES:
+        if config_id in BASELINES or config_id == reference:
             continue
         paired = group.set_index("config/replicate").join(ref[list(metrics)], rsuffix="_ref")
         row = {"config_id": config_id, "reference": reference}

@@ -2,11 +2,12 @@
 
 One file, figures embedded as PNG, no scripts and nothing fetched: it opens anywhere, and can be
 attached to an issue or mailed. Sections, where the study has the sweep's tables (configs.csv,
-pareto.csv, confirmed.csv, selection_bias.csv, answer.csv, trials.csv; older studies lack them
-and the sections are left out): the answer against PGD-AT on the test split with its verdicts,
-the front of configurations with 95% intervals and masking flags, the trials stopped early, the
-selection bias. Then, for every study: Pareto plot of the trials and hypervolume, searched
-parameters against objectives, parameter importance, Pareto table, trial table, settings.
+pareto.csv, confirmed.csv, selection_bias.csv, answer.csv, ablation.csv, trials.csv; older
+studies lack them and the sections are left out): the answer against PGD-AT on the test split
+with its verdicts, an ablation's variants against its full setting, the front of configurations
+with 95% intervals and masking flags, the trials stopped early, the selection bias. Then, for
+every study: Pareto plot of the trials and hypervolume, searched parameters against objectives,
+parameter importance, Pareto table, trial table, settings.
 """
 
 import argparse
@@ -36,6 +37,8 @@ from analysis.plots import (
     to_png,
 )
 from analysis.results import (
+    ABLATION_FILE,
+    ANSWER_FILE,
     BASELINES,
     CONFIRMATION_DIR,
     completed,
@@ -214,30 +217,74 @@ def _masking_note(configs: pd.DataFrame) -> str:
     )
 
 
+def _setting_text(setting: Mapping) -> str:
+    """mask_ratio=0.25, reg_weight=0.1, epsilon=0.00784"""
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()
+    )
+
+
+def _ablation_parts(ablation: pd.DataFrame, confirmed: pd.DataFrame | None) -> list[str]:
+    """An ablation's section: each variant minus the full setting (ablation.csv), and the
+    confirmed test figures of the variants and the setting (confirmed.csv) with intervals."""
+    parts = ["<h2>Ablation: each variant against the full setting (test split)</h2>"]
+    if ablation.empty:
+        parts.append(
+            '<p class="note">Empty: the full setting was not confirmed, or nothing was.</p>'
+        )
+        return parts
+    diffs = interval_metrics(ablation)
+    columns = ["config_id", "reference", "n_pairs", *diffs, "verdict"]
+    parts.append(_text_table(interval_frame(ablation, columns)))
+    parts.append(
+        '<p class="note">Each variant switches one component of the setting off: '
+        "<i>no_masking</i> (mask_ratio 0), <i>uniform_penalty</i> (the input-gradient penalty "
+        "without the LIME weighting), <i>no_penalty</i> (reg_weight 0), <i>no_adversarial</i> "
+        "(no adversarial training). Each difference is the variant minus the full setting in "
+        "percentage points, paired by confirmation seed, with its 95% t-interval: <i>worse in "
+        "m</i> says the component helps m.</p>"
+    )
+    if confirmed is not None and not confirmed.empty:
+        ids = {*ablation["config_id"], *ablation["reference"]}
+        rows = confirmed[confirmed["config_id"].isin(ids)]
+        parts.append("<h3>The variants' confirmed test figures (mean [95% interval])</h3>")
+        columns = ["config_id", "n", *interval_metrics(rows), "masking_flags"]
+        parts.append(_text_table(interval_frame(rows, columns)))
+    return parts
+
+
 def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) -> list[str]:
-    """The answer, the configuration front with intervals, masking flags, stopped trials and
-    the selection bias; [] for a study without the sweep's tables."""
+    """The answer, an ablation's table, the configuration front with intervals, masking flags,
+    stopped trials and the selection bias; [] for a study without the sweep's tables."""
     objectives = objectives_of(settings)
     searched = list(settings.get("search") or {})
-    configs, front, confirmed, bias, answer = (
-        read_table(study_dir, f, name)
-        for f in ("configs.csv", "pareto.csv", "confirmed.csv", "selection_bias.csv", "answer.csv")
-    )
+    files = ("configs.csv", "pareto.csv", "confirmed.csv", "selection_bias.csv")
+    tables = [read_table(study_dir, f, name) for f in (*files, ANSWER_FILE, ABLATION_FILE)]
+    configs, front, confirmed, bias, answer, ablation = tables
     stopped = trials[trials["status"] == "STOPPED"] if "status" in trials else trials.iloc[:0]
-    if all(t is None for t in (configs, front, confirmed, bias, answer)) and stopped.empty:
+    if all(t is None for t in tables) and stopped.empty:
         return []
     parts = ["<h2>Protocol: selected on validation, answered on test</h2>"]
     replicates = settings.get("replicates")
     each = f"{replicates} replicate seeds" if replicates else "its replicate seeds"
-    text = (
-        "<p>The search selected configurations on the <b>validation split</b>: each "
-        f"configuration ran with {each}, and the front is taken over their means (95% "
-        "Student-t intervals over the replicates). "
-    )
+    setting = settings.get("ablation")
+    if setting:
+        text = (
+            "<p>An ablation, no search: each variant of one setting (<code>"
+            f"{html.escape(_setting_text(setting))}</code>) ran on the <b>validation split</b> "
+            f"with {each} (means with 95% Student-t intervals over the replicates). "
+        )
+    else:
+        text = (
+            "<p>The search selected configurations on the <b>validation split</b>: each "
+            f"configuration ran with {each}, and the front is taken over their means (95% "
+            "Student-t intervals over the replicates). "
+        )
+    retrained = "every variant" if setting else "every front configuration"
     if answer is not None:
         seeds = settings.get("confirm_seeds")
         text += (
-            "The answer is on the <b>test split</b>: every front configuration and every "
+            f"The answer is on the <b>test split</b>: {retrained} and every "
             f"baseline was re-trained with {seeds or 'fresh'} fresh seeds the search never used "
             "and evaluated once on test data that no search or baseline trial read.</p>"
         )
@@ -249,7 +296,8 @@ def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) 
     parts.append(text)
 
     if answer is not None:
-        parts.append("<h2>The answer: each front configuration against PGD-AT (test split)</h2>")
+        which = "variant" if setting else "front configuration"
+        parts.append(f"<h2>The answer: each {which} against PGD-AT (test split)</h2>")
         if answer.empty:
             parts.append('<p class="note">Empty: PGD-AT was not confirmed, or nothing was.</p>')
         else:
@@ -263,6 +311,8 @@ def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) 
             "m</i> when the interval of m lies below zero; <i>undecided</i> otherwise (some "
             "interval contains zero, or one pair gives no interval).</p>"
         )
+    if ablation is not None:
+        parts.extend(_ablation_parts(ablation, confirmed))
 
     if configs is not None or front is not None:
         parts.append("<h2>Configuration front (validation split, means with 95% intervals)</h2>")

@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 STUDY_FILE = "study.json"
 PLAN_FILE = "confirmation_plan.json"
 ANSWER_FILE = "answer.csv"  # the confirmation writes it last
+ABLATION_FILE = "ablation.csv"  # an ablation's variants against its full setting
 SCHEDULER_STATE_FILE = "scheduler_state.json"
 # ... and the folders of its Tune experiments beside the search's own.
 BASELINES_DIR = "baselines"

@@ -34,6 +34,39 @@ CONFIRM_SEED_OFFSET = 10_000
 DEFAULT_OBJECTIVES = {"val_clean_acc": "max", "val_robust_acc": "max"}
 BASELINE_METHODS = tuple(m for m in METHODS if m != "lime_refine")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+# An ablation (`ablation:`) runs these configurations in place of a search: its setting
+# ("full") and one variant per component of lime_refine switched off, each compared with full.
+ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_masking": {"mask_ratio": 0.0},
+    "uniform_penalty": {"reg_weighting": "uniform"},
+    "no_penalty": {"reg_weight": 0.0},
+    "no_adversarial": {"train_attack": "none"},
+}
+ABLATION_REFERENCE = "full"
+# Trial keys that decide only a confirmation trial's test evaluation (trainables/trial_eval.py),
+# never its training: `confirm_eval:` may set them.
+CONFIRM_EVAL_KEYS = (
+    "eval_subset", "eval_grid", "final_grid", "final_eval_subset", "final_restarts",
+    "cifar10c_images", "attr_images", "attr_steps", "attr_restarts",
+)  # fmt: skip
+# What switches a component off in a setting (trainables/refine.py: uses_lime, training_loss,
+# _train_attack): (key, value, component). An ablation's setting must have every component on,
+# or a variant would be the setting itself.
+_COMPONENT_OFF = (
+    ("pool_size", 0, "LIME"),
+    ("mask_ratio", 0.0, "feature masking"),
+    ("reg_weight", 0.0, "the penalty"),
+    ("reg_weighting", "uniform", "the LIME weighting of the penalty"),
+    ("train_attack", "none", "adversarial training"),
+    ("epsilon", 0.0, "adversarial training"),
+)
+# Trial keys that belong to the study, not to the setting an ablation varies: the method whose
+# components it switches, per-trial seeds and bookkeeping, and the resources every trial holds.
+_STUDY_WIDE_KEYS = (
+    "method", "seed", "config_id", "replicate", "stage",
+    "num_workers", "cpus_per_worker", "gpus_per_worker", "lime_actors", "cpus_per_lime_actor",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,6 +110,14 @@ class StudyConfig:
     # before the search, cached in <storage>/bases, and refined by every trial. None: every
     # trial trains from scratch.
     base: dict[str, Any] | None = None
+    # An ablation ({trial key: value}, the setting; trainables/config.py keys) in place of the
+    # search: its ABLATION_VARIANTS run as the study's configurations (num_samples is their
+    # number, search is empty) and are all confirmed. None: a search.
+    ablation: dict[str, Any] | None = None
+    # The confirmation's test evaluation ({key: value} of CONFIRM_EVAL_KEYS), in place of the
+    # trial config's: what the test costs is decided when confirming, and no key changes
+    # training. {}: the trials' own settings.
+    confirm_eval: dict[str, Any] = field(default_factory=dict)
 
     @property
     def study_dir(self) -> str:
@@ -209,7 +250,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 STUDY_KEYS = {
     "name", "storage", "preset", "num_samples", "max_concurrent_trials", "searcher",
     "seed", "objectives", "search", "trial", "baselines", "replicates", "confirm_seeds",
-    "scheduler", "base",
+    "scheduler", "base", "ablation", "confirm_eval",
 }  # fmt: skip
 
 
@@ -307,6 +348,7 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
     preset = values.get("preset", "digits")
     if preset not in PRESETS:
         raise ConfigError(f"preset: must be one of {tuple(PRESETS)}, got {preset!r}")
+    given = values  # what the file and the command line set, before the preset fills in
     values = _merge(PRESETS[preset], values)
 
     name = values.get("name") or f"{preset}-study"
@@ -353,11 +395,17 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
             raise ConfigError(f"baselines: {method!r} is not one of {BASELINE_METHODS}")
     max_conc = values.get("max_concurrent_trials")
     trial_cfg = make_trial_config(trial)
+    num_samples = _check_int("num_samples", values.get("num_samples", 8), 1, 100_000)
+    scheduler = _scheduler(values.get("scheduler"))
+    ablation = _ablation(values.get("ablation"), trial_cfg)
+    if ablation is not None:
+        _check_ablation_study(given, scheduler)
+        search, num_samples = {}, len(ABLATION_VARIANTS)
     return StudyConfig(
         name=name,
         storage=storage,
         preset=preset,
-        num_samples=_check_int("num_samples", values.get("num_samples", 8), 1, 100_000),
+        num_samples=num_samples,
         max_concurrent_trials=None
         if max_conc is None
         else _check_int("max_concurrent_trials", max_conc, 1, 10_000),
@@ -369,9 +417,67 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
         baselines=tuple(baselines),
         replicates=_check_int("replicates", values.get("replicates", 2), 1, MAX_REPLICATES),
         confirm_seeds=_check_int("confirm_seeds", values.get("confirm_seeds", 3), 0, 1000),
-        scheduler=_scheduler(values.get("scheduler")),
+        scheduler=scheduler,
         base=validate_base(values.get("base"), trial_cfg),
+        ablation=ablation,
+        confirm_eval=validate_confirm_eval(values.get("confirm_eval")),
     )
+
+
+def validate_confirm_eval(raw: Any) -> dict[str, Any]:
+    """`confirm_eval:` as validated trial values of CONFIRM_EVAL_KEYS ({} when absent)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"confirm_eval: expected a mapping like {{final_eval_subset: 200}}, got {raw!r}"
+        )
+    for key in raw:
+        if key not in CONFIRM_EVAL_KEYS:
+            raise ConfigError(
+                f"confirm_eval.{key}: not a test-evaluation key; one of {CONFIRM_EVAL_KEYS}"
+            )
+    return {k: validate_trial_value(k, v, f"confirm_eval.{k}") for k, v in raw.items()}
+
+
+def _ablation(raw: Any, trial: TrialConfig) -> dict[str, Any] | None:
+    """The `ablation:` setting as validated trial values, or None (a search)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            "ablation: expected a mapping of trial keys giving the setting, e.g. "
+            f"{{mask_ratio: 0.3, reg_weight: 0.5, epsilon: 0.0157}}, got {raw!r}"
+        )
+    for key in raw:
+        if key in _STUDY_WIDE_KEYS:
+            raise ConfigError(f"ablation.{key}: the study's, not the setting's; set it in trial:")
+    setting = {k: validate_trial_value(k, v, f"ablation.{k}") for k, v in raw.items()}
+    full = make_trial_config({**vars(trial), **setting})
+    if full.method != "lime_refine":
+        raise ConfigError(
+            "ablation: the components it switches off are lime_refine's; trial.method must be "
+            f"lime_refine, got {full.method!r}"
+        )
+    for key, value, component in _COMPONENT_OFF:
+        if getattr(full, key) == value:
+            raise ConfigError(
+                f"ablation: the setting's {key} = {value!r} switches {component} off already; "
+                f"every component must be on in it (set ablation.{key})"
+            )
+    return setting
+
+
+def _check_ablation_study(given: dict[str, Any], scheduler: dict[str, Any]) -> None:
+    """An ablation runs fixed variants: nothing to search, to sample or to stop early. `given`:
+    the file's and the command line's values (the preset's search and num_samples are dropped)."""
+    if any(spec is not None for spec in (given.get("search") or {}).values()):
+        raise ConfigError("search: an ablation searches nothing (it runs fixed variants); drop it")
+    n = len(ABLATION_VARIANTS)
+    if given.get("num_samples", n) != n:
+        raise ConfigError(f"num_samples: an ablation runs its {n} variants; drop num_samples")
+    if scheduler["type"] != "fifo":
+        raise ConfigError("scheduler: an ablation stops no variant early; use fifo")
 
 
 def _scheduler(raw: Any) -> dict[str, Any]:

@@ -2,12 +2,13 @@
 
 `python -m study.confirm STUDY_DIR [--confirm-seeds M]` runs, resumes or re-runs the
 confirmation of a study whose search has finished; `python -m study.sweep` calls the same code
-after its search. Every configuration on the front (by validation means) and every baseline is
-trained with M seeds the search never used, as Tune trials in study_dir/confirmation (stage
-"confirm": the only trials that read the test split), then evaluated on the test split. The
-tables: confirmation.csv (one row per trial), confirmed.csv (mean and 95% interval per
-configuration), selection_bias.csv (validation mean beside test mean for the front) and
-answer.csv (each front configuration against PGD-AT, paired by seed).
+after its search. Every configuration on the front (by validation means; for an ablation, every
+variant) and every baseline is trained with M seeds the search never used, as Tune trials in
+study_dir/confirmation (stage "confirm": the only trials that read the test split), then
+evaluated on the test split. The tables: confirmation.csv (one row per trial), confirmed.csv
+(mean and 95% interval per configuration), selection_bias.csv (validation mean beside test mean
+for the front), for an ablation ablation.csv (each variant against the full setting, paired by
+seed) and answer.csv (each confirmed configuration against PGD-AT, paired by seed).
 """
 
 import argparse
@@ -21,8 +22,15 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.results import ANSWER_FILE, CONFIRMATION_DIR, PLAN_FILE, STUDY_FILE
-from study.config import ConfigError, StudyConfig, build_study_config, confirm_seed
+from analysis.results import ABLATION_FILE, ANSWER_FILE, CONFIRMATION_DIR, PLAN_FILE, STUDY_FILE
+from study.config import (
+    ABLATION_REFERENCE,
+    ABLATION_VARIANTS,
+    ConfigError,
+    StudyConfig,
+    build_study_config,
+    confirm_seed,
+)
 from study.console import console_stream, print_error, redirect_logs
 from trainables.config import TRIAL_FIELDS, make_trial_config
 
@@ -54,18 +62,20 @@ def trial_config_of(trials: pd.DataFrame, config_id: str) -> dict[str, Any]:
 def confirmation_points(
     cfg: StudyConfig,
     trials: pd.DataFrame,
-    front_ids: list[str],
+    config_ids: list[str],
     seeds: int,
     bases: list[str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """The front's configurations, then the baselines, each at `seeds` fresh seeds; with
-    `bases` (study.base.confirmation_bases), seed j's trials refine bases[j]."""
+    """The configurations (confirmed_ids), then the baselines, each at `seeds` fresh seeds,
+    with the study's `confirm_eval` test evaluation; with `bases`
+    (study.base.confirmation_bases), seed j's trials refine bases[j]."""
     baseline_ids = [m for m in cfg.baselines if (trials["config/config_id"] == m).any()]
     points = []
-    for config_id in [*front_ids, *baseline_ids]:
+    for config_id in [*config_ids, *baseline_ids]:
         for j in range(seeds):
             point = {
                 **trial_config_of(trials, config_id),
+                **cfg.confirm_eval,
                 "stage": "confirm",
                 "replicate": j,
                 "seed": confirm_seed(cfg.trial.seed, j),
@@ -103,9 +113,11 @@ def _archive_previous(cfg: StudyConfig) -> None:
             print(f"previous {name} kept as {name}.{stamp}", file=console_stream())
 
 
-def run_confirmation(cfg: StudyConfig, front_ids: list[str], out_dir: Path) -> pd.DataFrame:
-    """Run (or resume) the confirmation of front_ids and the baselines; write and return the
-    answer table. Ray must be connected."""
+def run_confirmation(
+    cfg: StudyConfig, config_ids: list[str], out_dir: Path
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Run (or resume) the confirmation of config_ids and the baselines; write the tables and
+    return the answer and the ablation table (None for a search). Ray must be connected."""
     from analysis.results import load_trials, write_text
     from study.base import confirmation_bases
     from study.sweep import _fixed_trials_tuner
@@ -113,7 +125,7 @@ def run_confirmation(cfg: StudyConfig, front_ids: list[str], out_dir: Path) -> p
     trials = load_trials(cfg.study_dir)
     trials = trials[trials["experiment"] != CONFIRMATION_DIR]
     bases = confirmation_bases(cfg, cfg.confirm_seeds)  # one base per seed, or None each
-    points = confirmation_points(cfg, trials, front_ids, cfg.confirm_seeds, bases)
+    points = confirmation_points(cfg, trials, config_ids, cfg.confirm_seeds, bases)
     previous = _read_plan(cfg)
     if previous is not None and previous != json.loads(json.dumps(points)):
         _archive_previous(cfg)
@@ -128,9 +140,13 @@ def run_confirmation(cfg: StudyConfig, front_ids: list[str], out_dir: Path) -> p
     return write_confirmation_tables(cfg, out_dir)
 
 
-def write_confirmation_tables(cfg: StudyConfig, out_dir: Path) -> pd.DataFrame:
+def write_confirmation_tables(
+    cfg: StudyConfig, out_dir: Path
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """trials.csv again (now with the confirmation), confirmation.csv, confirmed.csv,
-    selection_bias.csv and answer.csv; returns the answer."""
+    selection_bias.csv, for an ablation ablation.csv, and answer.csv (last: its presence says
+    the confirmation is done); returns the answer and the ablation table (None for a search).
+    The ablation is the answer's paired comparison with the full setting as the reference."""
     from analysis.replicates import aggregate_configs, answer_table, selection_bias
     from study.sweep import write_trials_table
 
@@ -141,18 +157,32 @@ def write_confirmation_tables(cfg: StudyConfig, out_dir: Path) -> pd.DataFrame:
     front = pd.read_csv(out_dir / "pareto.csv")
     bias = selection_bias(front, confirmed, cfg.objectives)
     answer = answer_table(confirmation)
+    ablation = None
+    if cfg.ablation is not None:
+        ablation = answer_table(confirmation, reference=ABLATION_REFERENCE)
     out_dir.mkdir(parents=True, exist_ok=True)
     confirmation.to_csv(out_dir / "confirmation.csv", index=False)
     confirmed.to_csv(out_dir / "confirmed.csv", index=False)
     bias.to_csv(out_dir / "selection_bias.csv", index=False)
+    if ablation is not None:
+        ablation.to_csv(out_dir / ABLATION_FILE, index=False)
     answer.to_csv(out_dir / ANSWER_FILE, index=False)
-    return answer
+    return answer, ablation
+
+
+def confirmed_ids(cfg: StudyConfig, out_dir: Path) -> list[str]:
+    """What the confirmation re-trains beside the baselines: every variant of an ablation (the
+    table compares them all with the full setting), else the study's front."""
+    return list(ABLATION_VARIANTS) if cfg.ablation is not None else front_ids_of(out_dir)
 
 
 def front_ids_of(out_dir: Path) -> list[str]:
     """The configurations on the study's front (pareto.csv, written after the search)."""
     path = out_dir / "pareto.csv"
-    front = pd.read_csv(path) if path.exists() and path.stat().st_size else pd.DataFrame()
+    try:
+        front = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):  # no search yet, or nothing finished
+        front = pd.DataFrame()
     if front.empty or "config_id" not in front:
         raise ConfigError(
             f"{out_dir}: the study has no front yet (no finished searched configuration in "
@@ -161,16 +191,44 @@ def front_ids_of(out_dir: Path) -> list[str]:
     return front["config_id"].astype(str).tolist()
 
 
+def _key_values(items: list[str]) -> dict[str, Any]:
+    """['final_eval_subset=200', 'eval_grid=1/255,8/255'] -> {key: YAML-parsed value}."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--eval: expected KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    from study.sweep import LOG_FILE, _is_remote, connect_ray, print_answer, summarize
+    from study.sweep import (
+        LOG_FILE,
+        _is_remote,
+        connect_ray,
+        print_answer,
+        summarize,
+        write_study_file,
+    )
 
     p = argparse.ArgumentParser(
         prog="python -m study.confirm",
-        description="Confirm a finished study's front and baselines on the test split with "
-        "fresh seeds (runs, resumes or re-runs the confirmation).",
+        description="Confirm a finished study's front (an ablation's variants) and baselines on "
+        "the test split with fresh seeds (runs, resumes or re-runs the confirmation).",
     )
     p.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory (local path)")
     p.add_argument("--confirm-seeds", type=int, metavar="M", help="default: the study's setting")
+    p.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set the test evaluation (a key of confirm_eval, e.g. final_eval_subset=200); "
+        "kept in study.json, so a resumed confirmation uses it too",
+    )
     p.add_argument("--address", metavar="ADDR", help="Ray cluster to join (see study.sweep)")
     p.add_argument(
         "--verbose", action="store_true", help=f"Ray's own output too (default: {LOG_FILE})"
@@ -183,20 +241,24 @@ def main(argv: list[str] | None = None) -> int:
         values = json.loads(study_file.read_text())
         if args.confirm_seeds is not None:
             values["confirm_seeds"] = args.confirm_seeds
+        if args.eval:
+            values["confirm_eval"] = {**values.get("confirm_eval", {}), **_key_values(args.eval)}
         cfg = build_study_config(values)
+        if args.eval:
+            write_study_file(cfg)
         if cfg.confirm_seeds == 0:
             print("--confirm-seeds 0: nothing to confirm")
             return 0
         out_dir = Path(cfg.study_dir)
         summarize(cfg, out_dir)
-        front_ids = front_ids_of(out_dir)
+        config_ids = confirmed_ids(cfg, out_dir)
         if not args.verbose:
             redirect_logs(out_dir / LOG_FILE)
         connect_ray(args.address)
     except ConfigError as e:
         print_error(str(e))
         return 2
-    print_answer(run_confirmation(cfg, front_ids, out_dir))
+    print_answer(*run_confirmation(cfg, config_ids, out_dir))
     return 0
 
 

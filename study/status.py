@@ -3,7 +3,8 @@
 For a running, interrupted or finished study: the trials of each stage (search, baselines,
 confirmation) by status, the errored trials with their one-line reasons, the current front of the
 search (configurations by their means over replicates, with 95% intervals), the answer table
-when the confirmation has written it, and the command that resumes the study, or "finished".
+(and an ablation's table) when the confirmation has written it, and the command that resumes the
+study, or "finished".
 It reads only the study's files (never Ray), so it works while the study runs, after it was
 interrupted, and on another machine. "running" is what Tune last recorded: for an interrupted
 study those trials are the ones that were running when it stopped (see "last update").
@@ -23,6 +24,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from analysis.results import (
+    ABLATION_FILE,
     ANSWER_FILE,
     PLAN_FILE,
     SCHEDULER_STATE_FILE,
@@ -60,6 +62,7 @@ class StudySummary:
     front: pd.DataFrame | None = None  # None: no finished configuration yet
     n_configs: int = 0  # searched configurations with a finished replicate
     answer: pd.DataFrame | None = None
+    ablation: pd.DataFrame | None = None  # an ablation's variants against its full setting
     confirm_seeds: int = 0
     last_update: float | None = None  # newest Tune state or result file (epoch seconds)
 
@@ -100,6 +103,18 @@ def _table_file(fs: pafs.FileSystem, root: str, study_dir: str, name: str, file:
         return fs, path
     local = _local_out_dir(study_dir, name) / file
     return (pafs.LocalFileSystem(), str(local.resolve())) if local.is_file() else (None, None)
+
+
+def _read_table(fs, root: str, study_dir: str, name: str, file: str) -> pd.DataFrame | None:
+    """A table the sweep wrote (None when absent; an empty file is an empty table)."""
+    fs, path = _table_file(fs, root, study_dir, name, file)
+    if fs is None:
+        return None
+    with fs.open_input_stream(path) as f:
+        try:
+            return pd.read_csv(f)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
 
 
 def _stopped_configs(fs, root: str, study_dir: str, name: str) -> dict[str, int]:
@@ -177,11 +192,8 @@ def summarize_study(study_dir: str | os.PathLike) -> StudySummary:
         plan = _read_json(fs, plan_path) if _exists(fs, plan_path) else None
         name = settings.get("name") or posixpath.basename(root.rstrip("/"))
         stopped = _stopped_configs(fs, root, study_dir, name)
-        answer_fs, answer_path = _table_file(fs, root, study_dir, name, ANSWER_FILE)
-        answer = None
-        if answer_fs is not None:
-            with answer_fs.open_input_stream(answer_path) as f:
-                answer = pd.read_csv(f)
+        answer = _read_table(fs, root, study_dir, name, ANSWER_FILE)
+        ablation = _read_table(fs, root, study_dir, name, ABLATION_FILE)
         last_update = _last_update(fs, root)
     except (OSError, ValueError, KeyError) as e:  # unreadable storage, malformed files
         raise StudyError(f"{study_dir}: cannot read the study ({e})") from e
@@ -234,6 +246,7 @@ def summarize_study(study_dir: str | os.PathLike) -> StudySummary:
         front=front,
         n_configs=n_configs,
         answer=answer,
+        ablation=ablation,
         confirm_seeds=confirm_seeds,
         last_update=last_update,
     )
@@ -280,6 +293,12 @@ def format_summary(s: StudySummary, now: float | None = None) -> str:
             lines.append(answer_table_text(s.answer))
     elif s.totals["confirmation"] is not None and s.totals["confirmation"] > 0:
         lines.append("Answer: not written yet (the confirmation has not finished)")
+    if s.ablation is not None and not s.ablation.empty:
+        lines.append(
+            "Ablation (test split, each variant minus the full setting, paired by seed; "
+            "differences in percentage points, 95% t-intervals):"
+        )
+        lines.append(answer_table_text(s.ablation))
     if s.finished and not s.errors:
         lines.append("Finished.")
     elif s.finished:

@@ -2,8 +2,9 @@
 
 Validates everything first (bad input exits with one line, before Ray starts and before any
 study directory exists), joins or starts Ray, runs Ray Tune with Optuna's multi-objective
-search over trials that are Ray Train runs of the refinement loop, then writes trials.csv,
-pareto.csv and pareto.png into the study directory and prints the Pareto-optimal trials.
+search over trials that are Ray Train runs of the refinement loop (or, for an ablation, the
+fixed variants of one setting), then writes trials.csv, pareto.csv and pareto.png into the study
+directory and prints the Pareto-optimal trials.
 """
 
 import argparse
@@ -21,6 +22,7 @@ from analysis.results import BASELINES_DIR, CONFIRMATION_DIR, SCHEDULER_STATE_FI
 from analysis.tables import answer_table_text, front_table
 from study.base import prepare_base, write_base_record
 from study.config import (
+    ABLATION_VARIANTS,
     PRESETS,
     ConfigError,
     StudyConfig,
@@ -29,7 +31,7 @@ from study.config import (
     read_yaml,
     replicate_seed,
 )
-from study.confirm import front_ids_of, run_confirmation
+from study.confirm import confirmed_ids, run_confirmation
 from study.console import (
     QUIET_TUNE_RUN_CONFIG,
     StudyConsole,
@@ -328,7 +330,7 @@ def make_searcher(cfg: StudyConfig):
 
 def trial_resources(cfg: StudyConfig) -> dict[str, float]:
     """What one trial holds: its Train workers and each worker's LIME actors (which together
-    hold one more worker's share of GPU, see trainables.refine.train_loop_per_worker)."""
+    hold one more worker's share of GPU, see trainables.worker.train_loop_per_worker)."""
     t = cfg.trial
     lime = t.method == "lime_refine" and t.lime_actors > 0
     return {
@@ -487,6 +489,30 @@ def baseline_points(cfg: StudyConfig) -> list[dict[str, Any]]:
     ]
 
 
+def ablation_points(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Every variant of the ablation's setting at the replicate seeds: the study's own
+    configurations, in place of the searched ones (stage search: validation only)."""
+    setting = {**vars(cfg.trial), **cfg.ablation}
+    return [
+        {
+            **setting,
+            **switch,
+            "config_id": variant,
+            "replicate": r,
+            "seed": replicate_seed(cfg.trial.seed, r),
+            "stage": "search",
+        }
+        for variant, switch in ABLATION_VARIANTS.items()
+        for r in range(cfg.replicates)
+    ]
+
+
+def make_ablation_tuner(cfg: StudyConfig):
+    """The ablation's variants, `replicates` seeds each, in the study's own experiment folder
+    where a search's trials would be, so every table treats them as its configurations."""
+    return _fixed_trials_tuner(cfg, cfg.study_dir, ablation_points(cfg), "search")
+
+
 def make_baseline_tuner(cfg: StudyConfig):
     """The baselines, `replicates` seeds each, in study_dir/baselines."""
     path = f"{cfg.study_dir}/{BASELINES_DIR}"
@@ -543,7 +569,10 @@ def summarize(cfg: StudyConfig, out_dir: Path):
         front = configs
     configs.to_csv(out_dir / "configs.csv", index=False)
     front.to_csv(out_dir / "pareto.csv", index=False)
-    plot_config_front(configs, cfg.objectives, out_dir / "pareto.png", title=f"Study {cfg.name}")
+    if not configs.empty:  # nothing finished yet: no figure
+        plot_config_front(
+            configs, cfg.objectives, out_dir / "pareto.png", title=f"Study {cfg.name}"
+        )
     n_done = int(is_searched.sum()) if not configs.empty else 0
     out = console_stream()
     print(f"\nPareto-optimal configurations by validation means ({len(front)} of {n_done}; "
@@ -579,30 +608,39 @@ def run_study(
         write_study_file(cfg)
     cfg = prepare_base(cfg)  # the shared base model, trained or found in the cache
     write_base_record(cfg)
-    tuner = make_tuner(cfg)
+    tuner = make_tuner(cfg) if cfg.ablation is None else make_ablation_tuner(cfg)
     tuner.fit()
     if cfg.baselines:
         make_baseline_tuner(cfg).fit()
     out_dir = _local_out_dir(cfg)
     front = summarize(cfg, out_dir)
     if cfg.confirm_seeds and not front.empty:
-        answer = run_confirmation(cfg, front_ids_of(out_dir), out_dir)
-        print_answer(answer)
+        print_answer(*run_confirmation(cfg, confirmed_ids(cfg, out_dir), out_dir))
     elif cfg.confirm_seeds:
         print("No finished configuration: nothing to confirm.", file=console_stream())
     return cfg.study_dir
 
 
-def print_answer(answer) -> None:
-    """The study's answer: each confirmed front configuration against PGD-AT, paired by seed."""
+def print_answer(answer, ablation=None) -> None:
+    """The study's answer: each confirmed front configuration against PGD-AT, paired by seed;
+    then, for an ablation, each variant against the full setting."""
     out = console_stream()
     if answer.empty:
         print("\nNo answer table: PGD-AT is not among the baselines or nothing was confirmed.",
               file=out)  # fmt: skip
+    else:
+        print("\nThe answer (test split, paired by seed; differences in points with 95% "
+              "t-intervals):", file=out)  # fmt: skip
+        print(answer_table_text(answer), file=out, flush=True)
+    if ablation is None:
         return
-    print("\nThe answer (test split, paired by seed; differences in points with 95% t-intervals):",
-          file=out)  # fmt: skip
-    print(answer_table_text(answer), file=out, flush=True)
+    if ablation.empty:
+        print("\nNo ablation table: the full setting was not confirmed, or nothing was.",
+              file=out, flush=True)  # fmt: skip
+        return
+    print("\nThe ablation (test split, each variant minus the full setting, paired by seed; "
+          "differences in points with 95% t-intervals):", file=out)  # fmt: skip
+    print(answer_table_text(ablation), file=out, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,3 +144,50 @@ def test_every_preset_builds_from_the_command_line(preset):
         base = base_trial_config(cfg.trial, cfg.base, cfg.seed)
         assert (base.model, base.model_width) == (cfg.trial.model, cfg.trial.model_width)
         assert base.rounds == 1 and base.method != "lime_refine"
+
+
+def test_confirm_eval_sets_the_test_evaluation_of_the_confirmation_points(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from study import confirm
+    from study.config import build_study_config
+
+    values = {"name": "s", "storage": str(tmp_path), "baselines": ["pgd_at"], "confirm_seeds": 2}
+    cfg = build_study_config({**values, "confirm_eval": {"final_eval_subset": 7, "eval_grid": ""}})
+    assert cfg.confirm_eval == {"final_eval_subset": 7, "eval_grid": ""}
+    assert build_study_config(json.loads(json.dumps(cfg.to_dict()))) == cfg  # study.json
+    trials = pd.DataFrame([{f"config/{k}": v for k, v in p.items()} for p in
+                           sweep.baseline_points(cfg)])  # fmt: skip
+    points = confirm.confirmation_points(cfg, trials, [], cfg.confirm_seeds)
+    assert [p["final_eval_subset"] for p in points] == [7, 7]
+    assert {p["epsilon"] for p in points} == {cfg.trial.epsilon}  # training untouched
+    assert cfg.trial.final_eval_subset != 7  # the search's own trials keep theirs
+    for bad, message in [
+        ({"lr": 0.1}, "confirm_eval.lr: not a test-evaluation key"),
+        ({"final_eval_subset": 0}, "confirm_eval.final_eval_subset: must be in"),
+        ([1], "confirm_eval: expected a mapping"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            build_study_config({**values, "confirm_eval": bad})
+
+
+def test_confirm_eval_on_the_command_line_is_kept_in_study_json(tmp_path, capsys):
+    import json
+
+    from study import confirm
+
+    cfg = load_config(None, {"name": "s", "storage": str(tmp_path)})
+    sweep.write_study_file(cfg)
+    study_dir = tmp_path / "s"
+    # no front yet: the error comes after the settings are read, checked and kept
+    assert confirm.main([str(study_dir), "--eval", "final_eval_subset=9"]) == 2
+    assert "no front yet" in capsys.readouterr().err
+    assert json.loads((study_dir / "study.json").read_text())["confirm_eval"] == {
+        "final_eval_subset": 9
+    }
+    assert confirm.main([str(study_dir), "--eval", "lr=1"]) == 2
+    assert "confirm_eval.lr: not a test-evaluation key" in capsys.readouterr().err
+    assert confirm.main([str(study_dir), "--eval", "final_eval_subset"]) == 2
+    assert "--eval: expected KEY=VALUE" in capsys.readouterr().err

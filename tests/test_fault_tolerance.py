@@ -16,7 +16,7 @@ import torch
 
 from tests.conftest import REPO
 from tests.test_multinode import TEST_ENV, RayNode, sweep, write_config
-from trainables.refine import CheckpointError, load_state, restore_state, save_state
+from trainables.worker import CheckpointError, load_state, restore_state, save_state
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,8 @@ def test_out_of_memory_is_a_clear_error(tmp_path):
         import resource, psutil, torch
         from trainables.config import make_trial_config
         from trainables.data import Splits
-        from trainables.refine import fatal_reason, refine
+        from trainables.refine import refine
+        from trainables.worker import fatal_reason
 
         x = torch.rand(64, 3, 256, 256)
         y = torch.arange(64) % 10

@@ -175,7 +175,7 @@ def _fit(ray_local, tmp_path, name: str, num_workers: int) -> dict:
     from ray.train.torch import TorchTrainer
 
     from trainables.config import make_trial_config
-    from trainables.refine import train_loop_per_worker
+    from trainables.worker import train_loop_per_worker
 
     cfg = make_trial_config(
         {**TINY_TRIAL, "rounds": 2, "cpus_per_worker": 0.5, "cpus_per_lime_actor": 0.5}

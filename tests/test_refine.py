@@ -197,6 +197,9 @@ def test_confirmation_evaluates_on_test_with_the_final_evaluation(digits):
             assert -1 <= out[f"test_attr_{method}_{attack}_eps0p1_kendall"] <= 1
     assert "test_cifar10c_mean" not in out  # digits: no CIFAR-10-C
     assert "val_clean_acc" in out  # per-round validation metrics as in the search
+    # what each part of the test cost, for the study's cost table
+    parts = ("worst_case", "fgsm", "pgd20", "pgd50", "autoattack", "attribution")
+    assert all(out[f"test_seconds_{part}"] > 0 for part in parts)
 
 
 def test_search_trials_never_read_the_test_split(digits):

@@ -7,34 +7,27 @@ over the first `reg_warmup_epochs`) that is weighted toward the superpixels LIME
 irrelevant; evaluate; report and checkpoint.
 
 `refine` is plain PyTorch (callable directly, as the tests and the overhead benchmark do);
-`train_loop_per_worker` runs it inside a Ray Train worker with the explanation pool on Ray actors.
+trainables/worker.py runs it inside a Ray Train worker, with the explanation pool on Ray actors,
+and keeps its checkpoints.
 """
 
-import hashlib
-import io
-import json
 import math
-import os
-import pickle
-import posixpath
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from trainables import augment, objectives
+from trainables import augment, distributed, objectives
 from trainables.attacks import FGSM, PGD
 from trainables.base import load_base_weights
-from trainables.config import TrialConfig, make_trial_config
+from trainables.config import TrialConfig
 from trainables.data import Splits, load_splits, subset
 from trainables.evaluate import summarize_outcomes, worst_case_outcomes
-from trainables.explain import ExplainerPool, Explanation, explain_images
+from trainables.explain import Explanation, explain_images
 from trainables.models import build_model
 from trainables.segmentation import segment_batch
 
@@ -42,8 +35,6 @@ from trainables.segmentation import segment_batch
 Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], list[Explanation]]
 # report(metrics, state): state is the checkpoint to keep (None: no checkpoint this time)
 Reporter = Callable[[dict[str, Any], dict[str, Any] | None], None]
-
-CHECKPOINT_FILE = "state.pt"
 
 
 # --- explanations -> masks and weight maps --------------------------------------------------
@@ -106,58 +97,6 @@ def lime_weight_maps(explanations: Sequence[Explanation], shape: torch.Size) -> 
         per_segment = 2.0 - ranks / max(k - 1, 1)
         maps[i, 0] = torch.as_tensor(per_segment[expl.segments], dtype=torch.float32)
     return maps
-
-
-# --- distributed helpers (no-ops on one worker) ---------------------------------------------
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _average_gradients(model: nn.Module, world: int) -> None:
-    """All-reduce gradients by hand rather than wrapping the model in DDP: DDP's reducer does
-    not support double backward, which the input-gradient penalty and IG-NORM need."""
-    if world == 1:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _gather(items: list, world: int) -> list:
-    """Concatenate every rank's list, in rank order."""
-    if world == 1:
-        return items
-    out: list = [None] * world
-    dist.all_gather_object(out, items)
-    return [x for part in out for x in part]
-
-
-def _on_any_rank(flag: bool, world: int, device: torch.device) -> bool:
-    """True on every rank when it is true on one, so all ranks stop at the same step."""
-    if world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t)
-    return t.item() > 0
-
-
-def _mean_over_ranks(value: float, count: int, world: int) -> float:
-    if world == 1:
-        return value
-    # NCCL reduces CUDA tensors only; gloo CPU ones.
-    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([value * count, float(count)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t[0] / t[1]).item()
 
 
 # --- one training step per method -------------------------------------------------------------
@@ -239,7 +178,8 @@ def penalty_warmup(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 # --- the loop --------------------------------------------------------------------------------
 
 
-def _uses_lime(cfg: TrialConfig) -> bool:
+def uses_lime(cfg: TrialConfig) -> bool:
+    """Whether the trial explains a pool with LIME (the worker starts its actors only then)."""
     wants_masks = cfg.mask_ratio > 0
     wants_maps = cfg.reg_weight > 0 and cfg.reg_weighting == "lime"
     return cfg.method == "lime_refine" and cfg.pool_size > 0 and (wants_masks or wants_maps)
@@ -266,7 +206,8 @@ def _explain_pool(
         images, explanations, cfg.mask_ratio, cfg.mask_strategy, cfg.mask_fill
     )
     maps = lime_weight_maps(explanations, images.shape)
-    parts = _gather([(r, i, m) for r, i, m in zip(mine.tolist(), masked, maps, strict=True)], world)
+    shares = [(r, i, m) for r, i, m in zip(mine.tolist(), masked, maps, strict=True)]
+    parts = distributed.gather(shares, world)
     parts.sort(key=lambda p: p[0])
     idx = torch.tensor([p[0] for p in parts])
     return idx, torch.stack([p[1] for p in parts]), torch.stack([p[2] for p in parts]), y[idx]
@@ -277,13 +218,13 @@ def _evaluate(
 ) -> dict[str, float]:
     """The `val_*` metrics at the study's fixed eval epsilon: clean, PGD, Square and their
     per-example worst case, with the masking test; each rank attacks its share."""
-    rank, _ = _world()
+    rank, _ = distributed.world()
     outcomes = worst_case_outcomes(
         model, x[rank::world], y[rank::world], cfg.eval_epsilon,
         pgd_steps=cfg.eval_steps, queries=cfg.blackbox_queries, seed=cfg.seed,
     )  # fmt: skip
     if world > 1:  # the masking test needs every example's outcome, not per-rank means
-        outcomes = {k: torch.cat(_gather([v], world)) for k, v in outcomes.items()}
+        outcomes = {k: torch.cat(distributed.gather([v], world)) for k, v in outcomes.items()}
     return summarize_outcomes(outcomes, "val")
 
 
@@ -337,7 +278,7 @@ def refine(
     explain: defaults to in-process `explain_images`; report: called once per round with the
     metrics and a checkpoint state; state: a checkpoint to resume from.
     """
-    rank, world = _world()
+    rank, world = distributed.world()
     device = torch.device(device)
     splits = splits or load_trial_splits(cfg)
     train_x, train_y = subset(splits.train_x, splits.train_y, cfg.train_subset, cfg.seed)
@@ -367,7 +308,7 @@ def refine(
     for round_ in range(first_round, cfg.rounds):
         t0 = time.perf_counter()
         xs, ys, maps = train_x, train_y, torch.ones(len(train_x), 1, *train_x.shape[-2:])
-        if _uses_lime(cfg):
+        if uses_lime(cfg):
             idx, masked, pool_maps, pool_y = _explain_pool(
                 cfg, model, explain, train_x, train_y, round_, rank, world
             )
@@ -397,14 +338,14 @@ def refine(
                     group["lr"] = cfg.lr * max(0.0, 1 - step / total_steps)
                 reg_scale = penalty_warmup(cfg, step, steps_per_epoch)
                 loss = training_loss(cfg, model, x, y, w, step, reg_scale)
-                if _on_any_rank(not torch.isfinite(loss), world, loss.device):
+                if distributed.on_any_rank(not torch.isfinite(loss), world, loss.device):
                     raise FloatingPointError(
                         f"loss became {loss.item()} at round {round_}, step {step}: "
                         "lower lr, reg_weight or baseline_weight"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                _average_gradients(model, world)
+                distributed.average_gradients(model, world)
                 opt.step()
                 losses.append(loss.item())
                 step += 1
@@ -413,7 +354,7 @@ def refine(
         metrics = {
             "round": round_ + 1,
             **_evaluate(cfg, model, val_x, val_y, world),
-            "train_loss": _mean_over_ranks(float(np.mean(losses)), len(losses), world),
+            "train_loss": distributed.mean_over_ranks(float(np.mean(losses)), len(losses), world),
             "lime_seconds": t_lime,
             "train_seconds": t_train,
             "eval_seconds": time.perf_counter() - t0 - t_lime - t_train,
@@ -436,141 +377,3 @@ def refine(
                 },
             )
     return metrics
-
-
-# --- Ray Train ---------------------------------------------------------------------------------
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or fails its checksum."""
-
-
-def fatal_reason(error: BaseException) -> str | None:
-    """Why a trial cannot finish, in one line, for errors a retry from the last checkpoint would
-    only repeat (divergence, out of memory); None for any other error."""
-    text = (str(error) or type(error).__name__).splitlines()[0]
-    if isinstance(error, FloatingPointError):
-        return f"diverged: {text}"
-    cpu_oom = isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
-    if isinstance(error, torch.OutOfMemoryError | MemoryError) or cpu_oom:
-        return (
-            f"out of memory ({text}); lower batch_size, pool_size or lime_samples, "
-            "or give the trial more memory"
-        )
-    return None
-
-
-def save_state(state: dict[str, Any], directory: str) -> None:
-    """state.pt and its SHA-256, so a truncated or corrupted copy is caught on load."""
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    torch.save(state, path)
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    with open(path + ".sha256", "w") as f:
-        f.write(digest)
-
-
-def load_state(directory: str) -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True: tensors and plain data, never arbitrary code."""
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        with open(path + ".sha256") as f:
-            expected = f.read().strip()
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {directory}: cannot read ({e.strerror or e})") from e
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise CheckpointError(f"checkpoint {directory}: {CHECKPOINT_FILE} fails its SHA-256 "
-                              "(truncated or corrupted)")  # fmt: skip
-    try:
-        return torch.load(io.BytesIO(data), weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first_line = str(e).splitlines()[0]
-        raise CheckpointError(
-            f"checkpoint {directory}: cannot be loaded with weights_only=True ({first_line})"
-        ) from e
-
-
-def restore_state(checkpoint) -> dict[str, Any] | None:
-    """The newest readable checkpoint's state: the given (latest) one, else the ones before it
-    in the same run directory, newest first. None without a checkpoint."""
-    if checkpoint is None:
-        return None
-    import pyarrow.fs
-    from ray.train import Checkpoint
-
-    fs, parent = checkpoint.filesystem, posixpath.dirname(checkpoint.path)
-    older = sorted(
-        (
-            info.path
-            for info in fs.get_file_info(pyarrow.fs.FileSelector(parent))
-            if info.type == pyarrow.fs.FileType.Directory
-            and info.base_name.startswith("checkpoint_")
-            and info.base_name < posixpath.basename(checkpoint.path)
-        ),
-        reverse=True,
-    )
-    errors = []
-    for candidate in [checkpoint, *(Checkpoint(p, filesystem=fs) for p in older)]:
-        try:
-            with candidate.as_directory() as d:
-                return load_state(d)
-        except CheckpointError as e:
-            print(f"{e}; falling back to the previous checkpoint", flush=True)
-            errors.append(str(e))
-    raise CheckpointError("no readable checkpoint: " + " | ".join(errors))
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker: the refinement loop with LIME on a pool of Ray actors."""
-    import ray.train
-    import ray.train.torch
-
-    cfg = make_trial_config(config)
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    device = ray.train.torch.get_device()
-    rank = ray.train.get_context().get_world_rank()
-
-    state = restore_state(ray.train.get_checkpoint())
-    if state is not None and ("trial_error" in state or state["round"] + 1 >= cfg.rounds):
-        # Finished (or failed) before the study was interrupted: report the same end again.
-        ray.train.report(json.loads(state["metrics"]))
-        return
-
-    splits = load_trial_splits(cfg)
-    pool, explain = None, None  # None: refine explains in this process
-    if _uses_lime(cfg) and cfg.lime_actors > 0:
-        pool = ExplainerPool(
-            {"name": cfg.model, **model_spec(cfg, splits)},
-            cfg.lime_actors,
-            backend=cfg.lime_backend,
-            num_samples=cfg.lime_samples,
-            seed=cfg.seed,
-            cpus_per_actor=cfg.cpus_per_lime_actor,
-            gpus_per_actor=cfg.gpus_per_worker / cfg.lime_actors if cfg.gpus_per_worker else 0.0,
-        )
-
-        def explain(model, images, labels, segments):
-            pool.update_weights({k: v.cpu() for k, v in model.state_dict().items()})
-            return pool.explain(images, labels, segments)
-
-    def report(metrics, state):
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                save_state({**state, "metrics": json.dumps(metrics, default=float)}, d)
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
-
-    try:
-        refine(cfg, explain=explain, report=report, state=state, splits=splits, device=device)
-    except Exception as e:
-        reason = fatal_reason(e)
-        if reason is None:
-            raise  # Ray Train retries it from the last checkpoint
-        # Checkpointed, so Train's result carries it to run_trial, which raises it unretried.
-        report({"trial_error": reason}, {"trial_error": reason})
-    finally:
-        if pool is not None:
-            pool.shutdown()

@@ -16,7 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import TrialConfig, make_trial_config
-from trainables.refine import load_state, train_loop_per_worker
+from trainables.worker import load_state, train_loop_per_worker
 
 
 class TrialError(RuntimeError):

@@ -11,6 +11,7 @@ robustness (`attr_<method>_<attack>_eps<tag>_<metric>`) for saliency, IG and LIM
 
 import hashlib
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,19 @@ def _attack_metrics(
     *,
     restarts: int = 1,
     seed: int = 0,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, float]:
+    """Accuracy under each attack at each eps; `seconds[attack]` adds up the time each took."""
     out = {}
     for name in attacks:
         for token, eps in grid:
+            start = time.perf_counter()
             attack = make_attack(name, eps, restarts=restarts, seed=seed)
             acc = robust_accuracy(model, x, y, attack)
             grid_acc[(name, eps)] = acc
             out[f"{name}_{eps_tag(token)}"] = acc
+            if seconds is not None:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
     return out
 
 
@@ -159,34 +165,43 @@ def trial_evaluation(
     grid = parse_grid(cfg.eval_grid)
     device = next(model.parameters()).device
     grid_acc: dict[tuple[str, float], float] = {}
+    seconds: dict[str, float] = {}  # what each part cost: `seconds_<part>` in the metrics
     out: dict[str, Any] = _attack_metrics(
-        model, test_x, test_y, ("fgsm", "pgd20"), grid, grid_acc, seed=cfg.seed
+        model, test_x, test_y, ("fgsm", "pgd20"), grid, grid_acc, seed=cfg.seed, seconds=seconds
     )
     n = cfg.final_eval_subset
     fx, fy = test_x[:n], test_y[:n]
     # the weaker attacks on the same subset, so the stronger-attack check compares like with like
     sub_acc: dict[tuple[str, float], float] = {}
-    _attack_metrics(model, fx, fy, ("fgsm", "pgd20"), final_grid, sub_acc, seed=cfg.seed)
+    _attack_metrics(
+        model, fx, fy, ("fgsm", "pgd20"), final_grid, sub_acc, seed=cfg.seed, seconds=seconds
+    )
     out.update(
         _attack_metrics(
             model, fx, fy, ("pgd50", "autoattack"), final_grid, sub_acc,
-            restarts=cfg.final_restarts, seed=cfg.seed,
+            restarts=cfg.final_restarts, seed=cfg.seed, seconds=seconds,
         )
     )  # fmt: skip
     large = _attack_metrics(
-        model, fx, fy, ("pgd20",), ((str(LARGE_EPS), LARGE_EPS),), sub_acc, seed=cfg.seed
-    )
+        model, fx, fy, ("pgd20",), ((str(LARGE_EPS), LARGE_EPS),), sub_acc, seed=cfg.seed,
+        seconds=seconds,
+    )  # fmt: skip
     out.update(large)
     violations = gradient_masking_checks(grid_acc) + [
         f"final subset: {v}" for v in gradient_masking_checks(sub_acc)
     ]
     if cfg.cifar10c_images and cfg.dataset == "cifar10":
+        start = time.perf_counter()
         out.update(_cifar10c(cfg, model, splits))
+        seconds["cifar10c"] = time.perf_counter() - start
     if cfg.attr_images:
+        start = time.perf_counter()
         ax, ay = test_x[: cfg.attr_images].to(device), test_y[: cfg.attr_images].to(device)
         out.update(_attribution(cfg, model, ax, ay, grid or final_grid))
+        seconds["attribution"] = time.perf_counter() - start
     out["masking_violations"] = len(violations)
     out["masking_report"] = "; ".join(violations) or "ok"
+    out.update({f"seconds_{part}": round(t, 2) for part, t in seconds.items()})
     return out
 
 
@@ -200,11 +215,13 @@ def confirmation_metrics(cfg: TrialConfig, model: nn.Module, splits: Splits) -> 
     two at the eval epsilon.
     """
     x, y = subset(splits.test_x, splits.test_y, cfg.eval_subset, seed=0)
+    start = time.perf_counter()
     outcomes = worst_case_outcomes(
         model, x, y, cfg.eval_epsilon,
         pgd_steps=cfg.eval_steps, queries=cfg.blackbox_queries, seed=cfg.seed,
     )  # fmt: skip
     out: dict[str, Any] = summarize_outcomes(outcomes, "test")
+    out["test_seconds_worst_case"] = round(time.perf_counter() - start, 2)
     final_grid = parse_grid(cfg.final_grid)
     token = next((t for t, eps in final_grid if math.isclose(eps, cfg.eval_epsilon)), None)
     if token is None:

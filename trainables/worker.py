@@ -1,0 +1,158 @@
+"""The Ray Train side of a trial: what runs inside the Train worker, and the checkpoint files.
+
+`train_loop_per_worker` runs `refine` (trainables/refine.py) with the explanation pool on Ray
+actors and reports each round to Train with a checkpoint: state.pt and its SHA-256, read back
+with weights_only=True and, when the newest is unreadable, from the one before it.
+"""
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import posixpath
+import tempfile
+from typing import Any
+
+import torch
+
+from trainables.config import make_trial_config
+from trainables.explain import ExplainerPool
+from trainables.refine import load_trial_splits, model_spec, refine, uses_lime
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated or fails its checksum."""
+
+
+def fatal_reason(error: BaseException) -> str | None:
+    """Why a trial cannot finish, in one line, for errors a retry from the last checkpoint would
+    only repeat (divergence, out of memory); None for any other error."""
+    text = (str(error) or type(error).__name__).splitlines()[0]
+    if isinstance(error, FloatingPointError):
+        return f"diverged: {text}"
+    cpu_oom = isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    if isinstance(error, torch.OutOfMemoryError | MemoryError) or cpu_oom:
+        return (
+            f"out of memory ({text}); lower batch_size, pool_size or lime_samples, "
+            "or give the trial more memory"
+        )
+    return None
+
+
+def save_state(state: dict[str, Any], directory: str) -> None:
+    """state.pt and its SHA-256, so a truncated or corrupted copy is caught on load."""
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    torch.save(state, path)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with open(path + ".sha256", "w") as f:
+        f.write(digest)
+
+
+def load_state(directory: str) -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True: tensors and plain data, never arbitrary code."""
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path + ".sha256") as f:
+            expected = f.read().strip()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {directory}: cannot read ({e.strerror or e})") from e
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {directory}: {CHECKPOINT_FILE} fails its SHA-256 "
+                              "(truncated or corrupted)")  # fmt: skip
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first_line = str(e).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {directory}: cannot be loaded with weights_only=True ({first_line})"
+        ) from e
+
+
+def restore_state(checkpoint) -> dict[str, Any] | None:
+    """The newest readable checkpoint's state: the given (latest) one, else the ones before it
+    in the same run directory, newest first. None without a checkpoint."""
+    if checkpoint is None:
+        return None
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    fs, parent = checkpoint.filesystem, posixpath.dirname(checkpoint.path)
+    older = sorted(
+        (
+            info.path
+            for info in fs.get_file_info(pyarrow.fs.FileSelector(parent))
+            if info.type == pyarrow.fs.FileType.Directory
+            and info.base_name.startswith("checkpoint_")
+            and info.base_name < posixpath.basename(checkpoint.path)
+        ),
+        reverse=True,
+    )
+    errors = []
+    for candidate in [checkpoint, *(Checkpoint(p, filesystem=fs) for p in older)]:
+        try:
+            with candidate.as_directory() as d:
+                return load_state(d)
+        except CheckpointError as e:
+            print(f"{e}; falling back to the previous checkpoint", flush=True)
+            errors.append(str(e))
+    raise CheckpointError("no readable checkpoint: " + " | ".join(errors))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker: the refinement loop with LIME on a pool of Ray actors."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = make_trial_config(config)
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    rank = ray.train.get_context().get_world_rank()
+
+    state = restore_state(ray.train.get_checkpoint())
+    if state is not None and ("trial_error" in state or state["round"] + 1 >= cfg.rounds):
+        # Finished (or failed) before the study was interrupted: report the same end again.
+        ray.train.report(json.loads(state["metrics"]))
+        return
+
+    splits = load_trial_splits(cfg)
+    pool, explain = None, None  # None: refine explains in this process
+    if uses_lime(cfg) and cfg.lime_actors > 0:
+        pool = ExplainerPool(
+            {"name": cfg.model, **model_spec(cfg, splits)},
+            cfg.lime_actors,
+            backend=cfg.lime_backend,
+            num_samples=cfg.lime_samples,
+            seed=cfg.seed,
+            cpus_per_actor=cfg.cpus_per_lime_actor,
+            gpus_per_actor=cfg.gpus_per_worker / cfg.lime_actors if cfg.gpus_per_worker else 0.0,
+        )
+
+        def explain(model, images, labels, segments):
+            pool.update_weights({k: v.cpu() for k, v in model.state_dict().items()})
+            return pool.explain(images, labels, segments)
+
+    def report(metrics, state):
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                save_state({**state, "metrics": json.dumps(metrics, default=float)}, d)
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    try:
+        refine(cfg, explain=explain, report=report, state=state, splits=splits, device=device)
+    except Exception as e:
+        reason = fatal_reason(e)
+        if reason is None:
+            raise  # Ray Train retries it from the last checkpoint
+        # Checkpointed, so Train's result carries it to run_trial, which raises it unretried.
+        report({"trial_error": reason}, {"trial_error": reason})
+    finally:
+        if pool is not None:
+            pool.shutdown()
