@@ -14,17 +14,13 @@ import argparse
 import base64
 import datetime
 import html
-import io
 import json
 import os
-import posixpath
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import optuna
 import pandas as pd
-import pyarrow.fs as pafs
 
 from analysis.optuna_study import param_importances
 from analysis.pareto import hypervolume, pareto_front
@@ -45,7 +41,7 @@ from analysis.results import (
     load_study_settings,
     load_trials,
     objectives_of,
-    open_study_fs,
+    read_table,
     searched_trials,
     write_text,
 )
@@ -109,27 +105,6 @@ def _settings_html(settings: dict) -> str:
 
 
 # --- the protocol's tables (written by study.sweep.summarize and study.confirm) --------------
-
-
-def read_table(
-    study_dir: str | os.PathLike, file: str, name: str | None = None
-) -> pd.DataFrame | None:
-    """A table the sweep wrote (configs.csv, answer.csv, ...) from the study directory, local or
-    remote; for a remote study also ./results/NAME, where the sweep writes them then. None when
-    absent (an older study, or a stage not reached), an empty frame when the file is empty."""
-    fs, root = open_study_fs(study_dir)
-    path = posixpath.join(root, file)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        local = Path("results") / name / file if name else None
-        if "://" not in os.fspath(study_dir) or local is None or not local.is_file():
-            return None
-        fs, path = pafs.LocalFileSystem(), str(local.resolve())
-    with fs.open_input_stream(path) as f:
-        data = f.read()
-    try:
-        return pd.read_csv(io.BytesIO(data))
-    except pd.errors.EmptyDataError:  # an empty front is written as a header-less file
-        return pd.DataFrame()
 
 
 def mark_stopped(trials: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:

@@ -8,9 +8,11 @@ periodically). The Tune experiments in the study directory and in its direct sub
 read, so baselines run as a separate Tune experiment inside the study are picked up too.
 """
 
+import io
 import json
 import os
 import posixpath
+from pathlib import Path
 
 import fsspec
 import pandas as pd
@@ -239,3 +241,24 @@ def write_text(study_dir: str | os.PathLike, name: str, text: str | bytes) -> st
     with fs.open_output_stream(path) as f:
         f.write(text.encode() if isinstance(text, str) else text)
     return path
+
+
+def read_table(
+    study_dir: str | os.PathLike, file: str, name: str | None = None
+) -> pd.DataFrame | None:
+    """A table the sweep wrote (configs.csv, answer.csv, ...) from the study directory, local or
+    remote; for a remote study also ./results/NAME, where the sweep writes them then. None when
+    absent (an older study, or a stage not reached), an empty frame when the file is empty."""
+    fs, root = open_study_fs(study_dir)
+    path = posixpath.join(root, file)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        local = Path("results") / name / file if name else None
+        if "://" not in os.fspath(study_dir) or local is None or not local.is_file():
+            return None
+        fs, path = pafs.LocalFileSystem(), str(local.resolve())
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except pd.errors.EmptyDataError:  # an empty front is written as a header-less file
+        return pd.DataFrame()

@@ -1,14 +1,17 @@
 """Early stopping: MO-ASHA against no early stopping (FIFO), same searcher, seeds and budget.
 
-    python -m benchmarks.early_stopping --storage DIR [--seeds 0 1 2] [--num-samples 9]
+    python -m benchmarks.early_stopping --storage DIR [--preset digits|cifar10-cpu]
+                                        [--data-dir CIFAR] [--seeds 0 1 2] [--num-samples 9]
                                         [--rounds 4] [--replicates 1] [--confirm-seeds 2]
 
-For every seed, two real digits-preset studies (`study.sweep.run_study`, each on its own local
+For every seed, two real studies of the preset (`study.sweep.run_study`, each on its own local
 Ray): one with `scheduler: {type: fifo}`, one with `{type: mo-asha, grace_rounds: 1,
 reduction_factor: 3}`; everything else equal (Optuna's sampler, the seed, `--num-samples`
 configurations x `--replicates` seeds, `--rounds` refinement rounds per trial, so the scheduler
 has rungs to stop at, no baselines: the confirmation needs none). Each study then confirms its
-front on the test split with `--confirm-seeds` fresh seeds, as every study does.
+front on the test split with `--confirm-seeds` fresh seeds, as every study does. digits runs
+the preset as it is; cifar10-cpu (CIFAR-10 from `--data-dir`) is made cheap (PRESET_OVERRIDES)
+and keeps the preset's base, trained by the first study and loaded by the others.
 
 Per study (one row of early_stopping.csv): the search's trial-seconds (the sum of `time_total_s`
 over the search-stage trials of trials.csv, the early-stopped ones included: the compute the
@@ -20,7 +23,9 @@ issue's target: the same confirmed hypervolume within the spread between seeds, 
 the trial-seconds. early_stopping.md has the table and the verdict, early_stopping.png the
 confirmed hypervolume against the search's trial-seconds, one point per study. A finished study
 (its answer.csv written, the confirmation's last table) is reused and an interrupted one resumed,
-so an interrupted benchmark continues where it stopped.
+so an interrupted benchmark continues where it stopped. Study names and result files carry
+the preset (early_stopping.* for digits, early_stopping-<preset>.* otherwise), so both
+benchmarks can share a storage without mixing.
 """
 
 import argparse
@@ -50,6 +55,39 @@ TARGET_RATIO = 0.5  # at most half the search's trial-seconds
 CONFIRMED = {"test_clean_acc_mean": "max", "test_robust_acc_mean": "max"}
 VALIDATION = {"val_clean_acc_mean": "max", "val_robust_acc_mean": "max"}
 REFERENCE_POINT = 0.0  # for every objective: accuracies as fractions, 1.0 would be perfect
+DEFAULT_PRESET = "digits"
+# What the benchmark changes in each preset (study.config PRESETS), merged over it by
+# study_overrides. digits: nothing (its trials take --rounds). cifar10-cpu: 2 schedulers x 3
+# seeds in about 1.5 to 2 hours on 2 CPU cores (the estimate in docs/benchmarks.md "Early
+# stopping"). It keeps the preset's base (refining a trained base is the method's real setting):
+# the base's key depends neither on the seed the benchmark varies (Optuna's) nor on any value
+# below, so the first study trains it (14.5 minutes on both cores) and the other five load it.
+PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
+    "digits": {},
+    "cifar10-cpu": {
+        "trial": {
+            # a third of the preset's 3,000 images per round: about 15 s of training on a core
+            # (PGD-2 and the penalty), so a round still outweighs Ray's fixed cost per trial
+            # (about 22 s), which is what early stopping can save
+            "train_subset": 1_000,
+            "epochs_per_round": 1,  # the preset's: rounds are the rungs, not epochs
+            "pool_size": 32,  # a quarter of the preset's LIME pool: about 5 s a round
+            "lime_samples": 100,  # half the preset's samples per explanation
+            # validation images of each round's evaluation (the figures the rungs rank by; the
+            # confirmation's worst case reads as many test images): PGD-10 and Square, ~6 s
+            "eval_subset": 200,
+            "blackbox_queries": 50,  # Square's budget on the images PGD leaves standing
+        },
+        # The confirmation's test evaluation: the hypervolume reads only the test clean and
+        # worst-case robust accuracy (on eval_subset images), so the rest is cut to its least.
+        "confirm_eval": {
+            "eval_grid": "",  # no FGSM / PGD-20 grid
+            "final_eval_subset": 10,  # PGD-50 and AutoAttack, which always run, on 10 images
+            "final_restarts": 1,
+            "cifar10c_images": 0,  # no CIFAR-10-C (the preset's 500 images)
+        },
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -61,20 +99,30 @@ class Settings:
     replicates: int = 1
     confirm_seeds: int = 2
     trial_overrides: dict[str, Any] = field(default_factory=dict)  # hidden: tests shrink trials
+    preset: str = DEFAULT_PRESET
+    data_dir: str | None = None  # CIFAR-10 (absolute: study.json stores it so)
 
 
 Runner = Callable[[str, int, Settings, str], str]  # (scheduler, seed, settings, storage) -> dir
 
 
-def study_name(scheduler: str, seed: int) -> str:
-    return f"digits-{scheduler}-seed{seed}"
+def study_name(preset: str, scheduler: str, seed: int) -> str:
+    return f"{preset}-{scheduler}-seed{seed}"
+
+
+def results_name(preset: str) -> str:
+    """The result files' name: early_stopping for digits (as before presets),
+    early_stopping-<preset> otherwise, so one storage holds both benchmarks' tables."""
+    return "early_stopping" if preset == DEFAULT_PRESET else f"early_stopping-{preset}"
 
 
 def study_overrides(scheduler: str, seed: int, settings: Settings, storage: str) -> dict:
-    """The digits preset's overrides for one study of the benchmark."""
-    return {
-        "preset": "digits",
-        "name": study_name(scheduler, seed),
+    """The preset's overrides for one study of the benchmark."""
+    cheap = PRESET_OVERRIDES[settings.preset]
+    data = {} if settings.data_dir is None else {"data_dir": settings.data_dir}
+    overrides = {
+        "preset": settings.preset,
+        "name": study_name(settings.preset, scheduler, seed),
         "storage": storage,
         "seed": seed,
         "num_samples": settings.num_samples,
@@ -82,8 +130,36 @@ def study_overrides(scheduler: str, seed: int, settings: Settings, storage: str)
         "confirm_seeds": settings.confirm_seeds,
         "baselines": [],  # the confirmation runs without: answer.csv then has no PGD-AT pairs
         "scheduler": dict(SCHEDULERS[scheduler]),
-        "trial": {**settings.trial_overrides, "rounds": settings.rounds},
+        "trial": {
+            **cheap.get("trial", {}),
+            **data,
+            **settings.trial_overrides,
+            "rounds": settings.rounds,
+        },
     }
+    if "confirm_eval" in cheap:
+        overrides["confirm_eval"] = dict(cheap["confirm_eval"])
+    return overrides
+
+
+def check_inputs(settings: Settings, storage: str) -> None:
+    """Bad input costs one line (a ConfigError) before any study starts: an unknown preset,
+    settings the study would reject, CIFAR without --data-dir or with data that does not load
+    (read once here, as `python -m study.sweep` checks it)."""
+    from study.config import ConfigError, load_config
+    from study.sweep import check_data
+
+    if settings.preset not in PRESET_OVERRIDES:
+        raise ConfigError(
+            f"--preset: must be one of {', '.join(PRESET_OVERRIDES)}, got {settings.preset!r}"
+        )
+    cfg = load_config(None, study_overrides(BASE, 0, settings, storage))
+    if cfg.trial.dataset != "digits" and cfg.trial.data_dir is None:
+        raise ConfigError(
+            f"--data-dir: required with --preset {settings.preset} (CIFAR-10, e.g. "
+            "../shared/data/cifar10-jpeg.tar.gz)"
+        )
+    check_data(cfg)
 
 
 def study_finished(study_dir: str) -> bool:
@@ -100,7 +176,7 @@ def settings_mismatch(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> l
     compared, so a study written before a new trial setting existed still matches)."""
     bad = [
         key
-        for key in ("seed", "num_samples", "replicates", "confirm_seeds")
+        for key in ("preset", "seed", "num_samples", "replicates", "confirm_seeds")
         if stored.get(key) != wanted.get(key)
     ]
     if list(stored.get("baselines") or []) != list(wanted.get("baselines") or []):
@@ -108,13 +184,15 @@ def settings_mismatch(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> l
     scheduler = stored.get("scheduler") or {}
     if any(scheduler.get(k) != v for k, v in wanted.get("scheduler", {}).items()):
         bad.append("scheduler")
+    if (stored.get("confirm_eval") or {}) != (wanted.get("confirm_eval") or {}):
+        bad.append("confirm_eval")
     trial = stored.get("trial") or {}
     bad += [f"trial.{k}" for k, v in wanted.get("trial", {}).items() if trial.get(k) != v]
     return bad
 
 
-def run_digits_study(scheduler: str, seed: int, settings: Settings, storage: str) -> str:
-    """One real digits study: reused when finished, resumed when interrupted."""
+def run_preset_study(scheduler: str, seed: int, settings: Settings, storage: str) -> str:
+    """One real study of the preset: reused when finished, resumed when interrupted."""
     import ray
 
     from study.config import load_config
@@ -199,6 +277,7 @@ def study_row(study_dir: str) -> dict[str, Any]:
     hv_validation, validation_front = _front_hypervolume(pareto, VALIDATION)
     scheduler = (settings.get("scheduler") or {}).get("type", BASE)
     return {
+        "preset": settings.get("preset", DEFAULT_PRESET),
         "scheduler": scheduler,
         "seed": settings.get("seed"),
         "search_trials": len(search),
@@ -220,7 +299,7 @@ def study_row(study_dir: str) -> dict[str, Any]:
 
 
 def run_benchmark(
-    seeds: list[int], settings: Settings, storage: str, run: Runner = run_digits_study
+    seeds: list[int], settings: Settings, storage: str, run: Runner = run_preset_study
 ) -> pd.DataFrame:
     """One row per (scheduler, seed) study, each study run (or reused) first."""
     return pd.DataFrame(
@@ -381,7 +460,7 @@ def markdown(results: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def benchmark_figure(results: pd.DataFrame) -> Figure:
+def benchmark_figure(results: pd.DataFrame, preset: str) -> Figure:
     """Confirmed hypervolume against the search's trial-seconds, one point per study, coloured
     by scheduler and labelled by seed; a grey line joins the two studies of a seed."""
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
@@ -409,7 +488,7 @@ def benchmark_figure(results: pd.DataFrame) -> Figure:
     ax.set_xlabel("Search trial-seconds (sum of the search's trial times)")
     ax.set_ylabel("Confirmed hypervolume (test accuracy fraction²)")
     ax.set_title(
-        "Early stopping: confirmed front against search compute\n"
+        f"Early stopping ({preset} preset): confirmed front against search compute\n"
         "(test clean and robust accuracy of the confirmed front, reference (0, 0))",
         fontsize=10,
     )
@@ -425,13 +504,20 @@ def _positive(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None, run: Runner = run_digits_study) -> int:
+def main(argv: list[str] | None = None, run: Runner = run_preset_study) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.early_stopping",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--storage", required=True, help="where the studies and the results go")
+    p.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        metavar="{" + ",".join(PRESET_OVERRIDES) + "}",
+        help="the studies' preset (default digits)",
+    )
+    p.add_argument("--data-dir", help="CIFAR-10 for cifar10-cpu (see python -m study.sweep -h)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num-samples", type=_positive, default=9, help="configurations per study")
     p.add_argument("--rounds", type=_positive, default=4, help="refinement rounds per trial")
@@ -441,24 +527,43 @@ def main(argv: list[str] | None = None, run: Runner = run_digits_study) -> int:
     args = p.parse_args(argv)
     if not isinstance(args.trial_overrides, dict):
         p.error("--trial-overrides: a JSON object of trial settings")
+    from study.config import ConfigError
+    from study.console import print_error
+
+    data_dir = None if args.data_dir is None else os.path.abspath(os.path.expanduser(args.data_dir))
     settings = Settings(
-        args.num_samples, args.rounds, args.replicates, args.confirm_seeds, args.trial_overrides
+        num_samples=args.num_samples,
+        rounds=args.rounds,
+        replicates=args.replicates,
+        confirm_seeds=args.confirm_seeds,
+        trial_overrides=args.trial_overrides,
+        preset=args.preset,
+        data_dir=data_dir,
     )
     storage = os.path.abspath(args.storage)
+    try:
+        check_inputs(settings, storage)
+    except ConfigError as e:
+        print_error(str(e))
+        return 2
     os.makedirs(storage, exist_ok=True)
     results = run_benchmark(args.seeds, settings, storage, run)
     command = benchmark_command("benchmarks.early_stopping", argv)
+    cheap = PRESET_OVERRIDES[settings.preset]
+    changed = f" with {json.dumps(cheap)}" if cheap else ""
     text = (
         f"Command: `{command.strip()}`\n\n"
-        f"Digits preset, {settings.num_samples} configurations x {settings.replicates} "
-        f"replicate(s), {settings.rounds} rounds per trial, no baselines, confirmation with "
-        f"{settings.confirm_seeds} fresh seeds; seeds {args.seeds}. Search trial-s: the sum of "
+        f"Preset {settings.preset}{changed}, {settings.num_samples} configurations x "
+        f"{settings.replicates} replicate(s), {settings.rounds} rounds per trial, no baselines, "
+        f"confirmation with {settings.confirm_seeds} fresh seeds; seeds {args.seeds}. "
+        "Search trial-s: the sum of "
         "the search trials' time_total_s (early-stopped ones included); HV: hypervolume of the "
         "front by configuration means, accuracies as fractions, reference (0, 0) (confirmed: "
         "test split, confirmed.csv; validation: pareto.csv). Mean ± sample sd over seeds.\n\n"
         + markdown(results)
     )
-    write_results(storage, "early_stopping", results, text, benchmark_figure(results))
+    figure = benchmark_figure(results, settings.preset)
+    write_results(storage, results_name(settings.preset), results, text, figure)
     return 0
 
 

@@ -109,10 +109,11 @@ def confirmation_bases(
     150 minutes on 2 cores). Without a `base:` the list is all None (from scratch)."""
     if cfg.base is None:
         return [None] * seeds
-    if cfg.base.get("confirmation") == "shared":
-        return [cfg.trial.base_checkpoint] * seeds
     data_fp = data_fp or study_data_fingerprint(cfg)
     train = train or ray_trainer(cfg)
+    if cfg.base.get("confirmation") == "shared":  # the study's own base, from the cache
+        info = ensure_base(_base_config(cfg, cfg.trial.seed), cfg.storage, data_fp, train, say)
+        return [info["path"]] * seeds
     paths: list[str | None] = []
     for j in range(seeds):
         info = ensure_base(

@@ -17,6 +17,7 @@ import yaml
 from trainables.base import BASES_DIR, validate_base
 from trainables.config import (
     METHODS,
+    TEST_EVAL_KEYS,
     TRIAL_FIELDS,
     ConfigError,
     TrialConfig,
@@ -44,12 +45,6 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "no_adversarial": {"train_attack": "none"},
 }
 ABLATION_REFERENCE = "full"
-# Trial keys that decide only a confirmation trial's test evaluation (trainables/trial_eval.py),
-# never its training: `confirm_eval:` may set them.
-CONFIRM_EVAL_KEYS = (
-    "eval_subset", "eval_grid", "final_grid", "final_eval_subset", "final_restarts",
-    "cifar10c_images", "attr_images", "attr_steps", "attr_restarts",
-)  # fmt: skip
 # What switches a component off in a setting (trainables/refine.py: uses_lime, training_loss,
 # _train_attack): (key, value, component). An ablation's setting must have every component on,
 # or a variant would be the setting itself.
@@ -63,9 +58,13 @@ _COMPONENT_OFF = (
 )
 # Trial keys that belong to the study, not to the setting an ablation varies: the method whose
 # components it switches, per-trial seeds and bookkeeping, and the resources every trial holds.
+# The data, the model (which must fit the base) and the whole evaluation are the study's too:
+# the variants are compared with baselines measured the same way.
 _STUDY_WIDE_KEYS = (
     "method", "seed", "config_id", "replicate", "stage",
     "num_workers", "cpus_per_worker", "gpus_per_worker", "lime_actors", "cpus_per_lime_actor",
+    "dataset", "data_dir", "val_size", "model", "model_width", "base_checkpoint",
+    "eval_epsilon", "eval_steps", "blackbox_queries", *TEST_EVAL_KEYS,
 )  # fmt: skip
 
 
@@ -114,7 +113,7 @@ class StudyConfig:
     # search: its ABLATION_VARIANTS run as the study's configurations (num_samples is their
     # number, search is empty) and are all confirmed. None: a search.
     ablation: dict[str, Any] | None = None
-    # The confirmation's test evaluation ({key: value} of CONFIRM_EVAL_KEYS), in place of the
+    # The confirmation's test evaluation ({key: value} of TEST_EVAL_KEYS), in place of the
     # trial config's: what the test costs is decided when confirming, and no key changes
     # training. {}: the trials' own settings.
     confirm_eval: dict[str, Any] = field(default_factory=dict)
@@ -420,12 +419,12 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
         scheduler=scheduler,
         base=validate_base(values.get("base"), trial_cfg),
         ablation=ablation,
-        confirm_eval=validate_confirm_eval(values.get("confirm_eval")),
+        confirm_eval=validate_confirm_eval(values.get("confirm_eval"), trial_cfg),
     )
 
 
-def validate_confirm_eval(raw: Any) -> dict[str, Any]:
-    """`confirm_eval:` as validated trial values of CONFIRM_EVAL_KEYS ({} when absent)."""
+def validate_confirm_eval(raw: Any, trial: TrialConfig) -> dict[str, Any]:
+    """`confirm_eval:` as validated trial values of TEST_EVAL_KEYS ({} when absent)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -433,11 +432,16 @@ def validate_confirm_eval(raw: Any) -> dict[str, Any]:
             f"confirm_eval: expected a mapping like {{final_eval_subset: 200}}, got {raw!r}"
         )
     for key in raw:
-        if key not in CONFIRM_EVAL_KEYS:
+        if key not in TEST_EVAL_KEYS:
             raise ConfigError(
-                f"confirm_eval.{key}: not a test-evaluation key; one of {CONFIRM_EVAL_KEYS}"
+                f"confirm_eval.{key}: not a test-evaluation key; one of {TEST_EVAL_KEYS}"
             )
-    return {k: validate_trial_value(k, v, f"confirm_eval.{k}") for k, v in raw.items()}
+    values = {k: validate_trial_value(k, v, f"confirm_eval.{k}") for k, v in raw.items()}
+    try:  # the checks across keys, on the trial config the confirmation will run
+        make_trial_config({**vars(trial), **values})
+    except ConfigError as e:
+        raise ConfigError(f"confirm_eval: {e}") from e
+    return values
 
 
 def _ablation(raw: Any, trial: TrialConfig) -> dict[str, Any] | None:

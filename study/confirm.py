@@ -40,6 +40,12 @@ CONFIRM_METRICS = (
 )  # fmt: skip
 
 
+# the tables write_confirmation_tables writes beside the study's
+CONFIRMATION_TABLES = (
+    "confirmation.csv", "confirmed.csv", "selection_bias.csv", ABLATION_FILE, ANSWER_FILE,
+)  # fmt: skip
+
+
 def _plain(value: Any) -> Any:
     """A pandas cell back to the plain value a trial config holds (NaN -> None)."""
     if hasattr(value, "item"):
@@ -98,8 +104,9 @@ def _read_plan(cfg: StudyConfig) -> list[dict] | None:
     return json.loads(_read_text(fs, path))
 
 
-def _archive_previous(cfg: StudyConfig) -> None:
-    """A re-run with another plan keeps the old confirmation beside, never deletes it."""
+def _archive_previous(cfg: StudyConfig, out_dir: Path) -> None:
+    """A re-run with another plan keeps the old confirmation and its tables beside (never
+    deletes them), so no table of the old one passes for the new one's."""
     import pyarrow.fs as pafs
 
     from analysis.results import open_study_fs
@@ -110,6 +117,11 @@ def _archive_previous(cfg: StudyConfig) -> None:
         path = posixpath.join(root, name)
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.move(path, f"{path}.{stamp}")
+            print(f"previous {name} kept as {name}.{stamp}", file=console_stream())
+    for name in CONFIRMATION_TABLES:
+        path = out_dir / name
+        if path.exists():
+            path.rename(out_dir / f"{name}.{stamp}")
             print(f"previous {name} kept as {name}.{stamp}", file=console_stream())
 
 
@@ -128,7 +140,7 @@ def run_confirmation(
     points = confirmation_points(cfg, trials, config_ids, cfg.confirm_seeds, bases)
     previous = _read_plan(cfg)
     if previous is not None and previous != json.loads(json.dumps(points)):
-        _archive_previous(cfg)
+        _archive_previous(cfg, out_dir)
         previous = None
     if previous is None:
         write_text(cfg.study_dir, PLAN_FILE, json.dumps(points, indent=1))
@@ -172,8 +184,20 @@ def write_confirmation_tables(
 
 def confirmed_ids(cfg: StudyConfig, out_dir: Path) -> list[str]:
     """What the confirmation re-trains beside the baselines: every variant of an ablation (the
-    table compares them all with the full setting), else the study's front."""
-    return list(ABLATION_VARIANTS) if cfg.ablation is not None else front_ids_of(out_dir)
+    table compares them all with the full setting), else the study's front. Either needs the
+    search (the variants' runs) finished: a configuration with no finished trial cannot be
+    re-trained as it ran."""
+    front = front_ids_of(out_dir)
+    if cfg.ablation is None:
+        return front
+    configs = pd.read_csv(out_dir / "configs.csv")
+    missing = [v for v in ABLATION_VARIANTS if v not in set(configs["config_id"].astype(str))]
+    if missing:
+        raise ConfigError(
+            f"{out_dir}: the ablation's {', '.join(missing)} has no finished trial; resume the "
+            "study first: python -m study.sweep --resume"
+        )
+    return list(ABLATION_VARIANTS)
 
 
 def front_ids_of(out_dir: Path) -> list[str]:
@@ -192,7 +216,8 @@ def front_ids_of(out_dir: Path) -> list[str]:
 
 
 def _key_values(items: list[str]) -> dict[str, Any]:
-    """['final_eval_subset=200', 'eval_grid=1/255,8/255'] -> {key: YAML-parsed value}."""
+    """['final_eval_subset=200', 'eval_grid=1/255,8/255'] -> {key: value}: a text key keeps
+    its text (eval_grid=0.1 is the grid '0.1'), any other is read as YAML (200 -> int)."""
     import yaml
 
     out = {}
@@ -200,7 +225,13 @@ def _key_values(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--eval: expected KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        if key in TRIAL_FIELDS and TRIAL_FIELDS[key].type is str:
+            out[key] = value
+            continue
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--eval {key}: not a value ({value!r})") from e
     return out
 
 

@@ -33,6 +33,7 @@ from analysis.results import (
     load_trials,
     objectives_of,
     open_study_fs,
+    read_table,
 )
 from analysis.tables import (
     STAGES,
@@ -103,18 +104,6 @@ def _table_file(fs: pafs.FileSystem, root: str, study_dir: str, name: str, file:
         return fs, path
     local = _local_out_dir(study_dir, name) / file
     return (pafs.LocalFileSystem(), str(local.resolve())) if local.is_file() else (None, None)
-
-
-def _read_table(fs, root: str, study_dir: str, name: str, file: str) -> pd.DataFrame | None:
-    """A table the sweep wrote (None when absent; an empty file is an empty table)."""
-    fs, path = _table_file(fs, root, study_dir, name, file)
-    if fs is None:
-        return None
-    with fs.open_input_stream(path) as f:
-        try:
-            return pd.read_csv(f)
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame()
 
 
 def _stopped_configs(fs, root: str, study_dir: str, name: str) -> dict[str, int]:
@@ -192,8 +181,8 @@ def summarize_study(study_dir: str | os.PathLike) -> StudySummary:
         plan = _read_json(fs, plan_path) if _exists(fs, plan_path) else None
         name = settings.get("name") or posixpath.basename(root.rstrip("/"))
         stopped = _stopped_configs(fs, root, study_dir, name)
-        answer = _read_table(fs, root, study_dir, name, ANSWER_FILE)
-        ablation = _read_table(fs, root, study_dir, name, ABLATION_FILE)
+        answer = read_table(study_dir, ANSWER_FILE, name)
+        ablation = read_table(study_dir, ABLATION_FILE, name)
         last_update = _last_update(fs, root)
     except (OSError, ValueError, KeyError) as e:  # unreadable storage, malformed files
         raise StudyError(f"{study_dir}: cannot read the study ({e})") from e

@@ -3,8 +3,8 @@
 Validates everything first (bad input exits with one line, before Ray starts and before any
 study directory exists), joins or starts Ray, runs Ray Tune with Optuna's multi-objective
 search over trials that are Ray Train runs of the refinement loop (or, for an ablation, the
-fixed variants of one setting), then writes trials.csv, pareto.csv and pareto.png into the study
-directory and prints the Pareto-optimal trials.
+fixed variants of one setting), then the baselines; writes trials.csv, configs.csv, pareto.csv
+and pareto.png into the study directory, prints the front, and confirms it (study/confirm.py).
 """
 
 import argparse
@@ -41,6 +41,7 @@ from study.console import (
     quiet_ray_kwargs,
     redirect_logs,
 )
+from trainables.base import base_trial_config
 from trainables.config import make_trial_config
 from trainables.data import DataError, load_splits
 
@@ -351,17 +352,23 @@ def resource_shortfall(cfg: StudyConfig, cluster: dict[str, float]) -> str | Non
     """A console warning when the cluster cannot hold even one trial now (e.g. a GPU share on a
     cluster without GPUs): Tune then waits, and its own warnings go to the log file. Not an
     error: an autoscaling cluster adds the nodes when the trials ask for them."""
-    short = [
-        f"{v:g} {k} (the cluster has {cluster.get(k, 0):g})"
-        for k, v in trial_resources(cfg).items()
-        if v > cluster.get(k, 0) + 1e-9
-    ]
-    if not short:
-        return None
-    return (
-        f"warning: a trial needs {', '.join(short)}; trials wait until the cluster has it "
-        "(an autoscaling cluster adds nodes; otherwise stop with Ctrl-C and lower the request)"
-    )
+    needs = {"a trial": trial_resources(cfg)}
+    if cfg.base is not None:  # the base trains with the base section's resources
+        base = base_trial_config(cfg.trial, cfg.base, cfg.trial.seed)
+        needs["the base"] = trial_resources(dataclasses.replace(cfg, trial=base))
+    for who, resources in needs.items():
+        short = [
+            f"{v:g} {k} (the cluster has {cluster.get(k, 0):g})"
+            for k, v in resources.items()
+            if v > cluster.get(k, 0) + 1e-9
+        ]
+        if short:
+            return (
+                f"warning: {who} needs {', '.join(short)}; it waits until the cluster has it "
+                "(an autoscaling cluster adds nodes; otherwise stop with Ctrl-C and lower the "
+                "request)"
+            )
+    return None
 
 
 def _trainable(cfg: StudyConfig):
@@ -437,9 +444,9 @@ def _concurrency(cfg: StudyConfig) -> int:
 
 
 def _fixed_trials_tuner(cfg: StudyConfig, path: str, points: list[dict[str, Any]], stage: str):
-    """A Tuner that runs exactly these (complete) trial configs, in order: baselines and the
-    confirmation. (Tune wants every key of a point in the param_space: the study's trial
-    config is that space, and each point overrides it.)"""
+    """A Tuner that runs exactly these (complete) trial configs, in order: an ablation's
+    variants, the baselines and the confirmation. (Tune wants every key of a point in the
+    param_space: the study's trial config is that space, and each point overrides it.)"""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=_concurrency(cfg))
@@ -550,8 +557,9 @@ def write_trials_table(cfg: StudyConfig, out_dir: Path):
 
 def summarize(cfg: StudyConfig, out_dir: Path):
     """Write trials.csv (one row per trial), configs.csv (one row per configuration, with
-    means, 95% intervals and p_front), pareto.csv and pareto.png (the front of the searched
-    configurations by their means); print the front. Returns the front."""
+    means, 95% intervals and p_front), pareto.csv and, once a configuration has finished,
+    pareto.png (the front of the searched configurations by their means); print the front.
+    Returns the front."""
     from analysis.plots import plot_config_front
     from analysis.replicates import aggregate_configs, config_front, p_front
 

@@ -134,7 +134,18 @@ def test_the_confirmation_retrains_every_variant_and_the_baselines(tmp_path):
     cfg = _ablation(tmp_path, baselines=["pgd_at"], confirm_seeds=2)
     points = [*sweep.ablation_points(cfg), *sweep.baseline_points(cfg)]
     trials = pd.DataFrame([{f"config/{k}": v for k, v in p.items()} for p in points])
-    ids = confirm.confirmed_ids(cfg, tmp_path / "no-such-dir")  # no front needed
+    out = tmp_path / "abl"
+    out.mkdir()
+    with pytest.raises(ConfigError, match="has no front yet"):  # the search has not run
+        confirm.confirmed_ids(cfg, out)
+    configs = pd.DataFrame({"config_id": VARIANTS[:-1], "val_clean_acc_mean": 0.5})
+    configs.to_csv(out / "configs.csv", index=False)
+    configs.to_csv(out / "pareto.csv", index=False)
+    with pytest.raises(ConfigError, match="no_adversarial has no finished trial"):
+        confirm.confirmed_ids(cfg, out)
+    configs = pd.DataFrame({"config_id": VARIANTS, "val_clean_acc_mean": 0.5})
+    configs.to_csv(out / "configs.csv", index=False)
+    ids = confirm.confirmed_ids(cfg, out)  # every variant, on the front or not
     assert ids == VARIANTS
     planned = confirm.confirmation_points(cfg, trials, ids, cfg.confirm_seeds)
     assert [p["config_id"] for p in planned] == [v for v in [*VARIANTS, "pgd_at"] for _ in "ab"]

@@ -133,6 +133,10 @@ def test_a_cluster_that_cannot_hold_one_trial_is_named_on_the_console():
     assert warning.startswith("warning: a trial needs 1 GPU (the cluster has 0)")
     assert sweep.resource_shortfall(cfg, {"CPU": 2.0, "GPU": 1.0}) is None
     assert sweep.resource_shortfall(load_config(None, {}), {"CPU": 2.0}) is None
+    cpu_study = load_config(None, {"preset": "cifar10-cpu"})  # its base trains on 2 CPUs
+    assert sweep.resource_shortfall(cpu_study, {"CPU": 2.0}) is None
+    warning = sweep.resource_shortfall(cpu_study, {"CPU": 1.0})
+    assert warning.startswith("warning: the base needs 2 CPU (the cluster has 1)")
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -163,7 +167,6 @@ def test_confirm_eval_sets_the_test_evaluation_of_the_confirmation_points(tmp_pa
     points = confirm.confirmation_points(cfg, trials, [], cfg.confirm_seeds)
     assert [p["final_eval_subset"] for p in points] == [7, 7]
     assert {p["epsilon"] for p in points} == {cfg.trial.epsilon}  # training untouched
-    assert cfg.trial.final_eval_subset != 7  # the search's own trials keep theirs
     for bad, message in [
         ({"lr": 0.1}, "confirm_eval.lr: not a test-evaluation key"),
         ({"final_eval_subset": 0}, "confirm_eval.final_eval_subset: must be in"),
@@ -191,3 +194,18 @@ def test_confirm_eval_on_the_command_line_is_kept_in_study_json(tmp_path, capsys
     assert "confirm_eval.lr: not a test-evaluation key" in capsys.readouterr().err
     assert confirm.main([str(study_dir), "--eval", "final_eval_subset"]) == 2
     assert "--eval: expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_confirmation_rerun_with_another_plan_keeps_the_old_tables_beside(tmp_path):
+    from study import confirm
+
+    cfg = load_config(None, {"name": "s", "storage": str(tmp_path)})
+    out = tmp_path / "s"
+    (out / "confirmation").mkdir(parents=True)
+    old = {"answer.csv", "confirmed.csv", "confirmation_plan.json"}
+    for name in old:
+        (out / name).write_text("old\n")
+    confirm._archive_previous(cfg, out)
+    left = sorted(p.name for p in out.iterdir())
+    assert not (old | {"confirmation"}) & set(left)
+    assert {n.split(".2")[0] for n in left} == old | {"confirmation"}  # name.<date> each

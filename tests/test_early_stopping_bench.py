@@ -70,13 +70,15 @@ def make_study(
     confirm_seconds=(30.0,),
     confirmed=((0.9, 0.5),),
     front=((0.85, 0.55),),
+    preset="digits",
 ) -> Path:
     """A finished study directory as study.sweep and study.confirm leave it (the tables)."""
-    name = es.study_name(scheduler, seed)
+    name = es.study_name(preset, scheduler, seed)
     d = root / name
     d.mkdir(parents=True)
     settings = {
         "name": name,
+        "preset": preset,
         "seed": seed,
         "num_samples": len(search_seconds),
         "replicates": 1,
@@ -183,13 +185,75 @@ def test_study_overrides_validate_and_reused_studies_must_match(tmp_path):
         assert cfg.scheduler == {"type": scheduler, "grace_rounds": 1, "reduction_factor": 3}
         assert cfg.trial.rounds == 5 and cfg.baselines == () and cfg.num_samples == 3
         assert cfg.seed == 7 and cfg.confirm_seeds == 2 and cfg.replicates == 1
-        assert not (tmp_path / es.study_name(scheduler, 7)).exists()
+        assert not (tmp_path / es.study_name("digits", scheduler, 7)).exists()
         stored = json.loads(json.dumps(cfg.to_dict()))  # study.json
         assert es.settings_mismatch(stored, overrides) == []
     other = es.study_overrides("mo-asha", 7, es.Settings(3, 4, 1, 2), str(tmp_path))
     assert es.settings_mismatch(stored, other) == ["trial.rounds"]
     fifo = es.study_overrides("fifo", 7, settings, str(tmp_path))
     assert es.settings_mismatch(stored, fifo) == ["scheduler"]
+
+
+CIFAR = es.Settings(preset="cifar10-cpu", data_dir="/data/cifar10-jpeg.tar.gz")
+
+
+def test_names_carry_the_preset():
+    assert es.study_name("digits", "fifo", 0) == "digits-fifo-seed0"  # as before: reused
+    assert es.study_name("cifar10-cpu", "mo-asha", 2) == "cifar10-cpu-mo-asha-seed2"
+    assert es.results_name("digits") == "early_stopping"
+    assert es.results_name("cifar10-cpu") == "early_stopping-cifar10-cpu"
+
+
+def test_cifar_overrides_make_the_preset_cheap_and_keep_its_base(tmp_path):
+    from study.config import load_config
+
+    for scheduler in es.SCHEDULERS:
+        overrides = es.study_overrides(scheduler, 1, CIFAR, str(tmp_path))
+        cfg = load_config(None, overrides)  # validated as the sweep does (no Ray started)
+        assert cfg.preset == "cifar10-cpu" and cfg.name == f"cifar10-cpu-{scheduler}-seed1"
+        assert cfg.scheduler["type"] == scheduler and cfg.baselines == ()
+        assert (cfg.num_samples, cfg.replicates, cfg.confirm_seeds) == (9, 1, 2)
+        t = cfg.trial
+        assert (t.dataset, t.model, t.model_width) == ("cifar10", "fast_cnn", 32)
+        assert t.data_dir == "/data/cifar10-jpeg.tar.gz"
+        assert (t.rounds, t.epochs_per_round, t.train_subset) == (4, 1, 1000)
+        assert (t.pool_size, t.lime_samples, t.eval_subset, t.blackbox_queries) == (
+            32,
+            100,
+            200,
+            50,
+        )
+        assert cfg.confirm_eval == {
+            "eval_grid": "", "final_eval_subset": 10, "final_restarts": 1, "cifar10c_images": 0,
+        }  # fmt: skip
+        assert cfg.base is not None and cfg.base["confirmation"] == "shared"
+        stored = json.loads(json.dumps(cfg.to_dict()))  # study.json
+        assert es.settings_mismatch(stored, overrides) == []
+    heavier = {**overrides, "confirm_eval": {**overrides["confirm_eval"], "final_restarts": 2}}
+    assert es.settings_mismatch(stored, heavier) == ["confirm_eval"]
+    digits = es.study_overrides("mo-asha", 1, es.Settings(), str(tmp_path))
+    assert es.settings_mismatch(stored, digits)[0] == "preset"
+    # digits is the preset as it is: no test evaluation of its own, no data directory
+    assert "confirm_eval" not in digits and set(digits["trial"]) == {"rounds"}
+
+
+def test_the_six_cifar_studies_share_one_base(tmp_path):
+    """One key for every (scheduler, seed): the first study trains the base, the others load
+    it; the same key as a plain cifar10-cpu study at seed 0, whose cached base it reuses."""
+    from study.config import load_config
+    from trainables.base import base_key, base_trial_config
+
+    def key(overrides):
+        cfg = load_config(None, overrides)
+        return base_key(base_trial_config(cfg.trial, cfg.base, cfg.trial.seed), "data")
+
+    keys = {
+        key(es.study_overrides(scheduler, seed, CIFAR, str(tmp_path)))
+        for scheduler in es.SCHEDULERS
+        for seed in (0, 1, 2)
+    }
+    plain = {"preset": "cifar10-cpu", "trial": {"data_dir": CIFAR.data_dir}}
+    assert keys == {key(plain)}
 
 
 # --- the summary -----------------------------------------------------------------------------
@@ -299,6 +363,48 @@ def test_main_rejects_bad_arguments(tmp_path):
     for bad in (["--num-samples", "0"], ["--confirm-seeds", "0"], ["--trial-overrides", "[1]"]):
         with pytest.raises(SystemExit):
             es.main(["--storage", str(tmp_path), *bad], run=None)
+
+
+def _never_run(*args):
+    raise AssertionError("no study may start on bad input")
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--preset", "cifar10"], "--preset: must be one of digits, cifar10-cpu"),
+        (["--preset", "cifar10-cpu"], "--data-dir: required with --preset cifar10-cpu"),
+        (["--preset", "cifar10-cpu", "--data-dir", "/no/such/cifar"], "does not exist"),
+        (["--trial-overrides", '{"pool_size": -1}'], "trial.pool_size"),
+    ],
+)
+def test_main_rejects_bad_input_in_one_line_before_any_study(tmp_path, capsys, argv, fragment):
+    storage = tmp_path / "bench"
+    assert es.main(["--storage", str(storage), *argv], run=_never_run) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and fragment in err, err
+    assert not storage.exists()
+
+
+def test_main_cifar_writes_its_own_results_beside_digits(tmp_path, monkeypatch):
+    monkeypatch.setattr("study.sweep.check_data", lambda cfg: None)  # no CIFAR-10 read here
+    ran = []
+
+    def fake_run(scheduler, seed, settings, storage):
+        ran.append(settings)
+        return str(make_study(Path(storage), scheduler, seed, preset=settings.preset))
+
+    storage = tmp_path / "bench"
+    data = tmp_path / "cifar10-jpeg.tar.gz"
+    argv = ["--storage", str(storage), "--seeds", "0", "--preset", "cifar10-cpu"]
+    assert es.main([*argv, "--data-dir", str(data)], run=fake_run) == 0
+    assert ran[0] == es.Settings(preset="cifar10-cpu", data_dir=str(data))
+    text = (storage / "early_stopping-cifar10-cpu.md").read_text()
+    assert "Preset cifar10-cpu with {" in text and '"train_subset": 1000' in text
+    results = pd.read_csv(storage / "early_stopping-cifar10-cpu.csv")
+    assert set(results["preset"]) == {"cifar10-cpu"} and len(results) == 2
+    assert (storage / "early_stopping-cifar10-cpu.png").stat().st_size > 0
+    assert not (storage / "early_stopping.csv").exists()  # digits' results keep their name
 
 
 # --- end to end (real studies) ---------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch
 
 from trainables.config import (
     METHODS,
+    TEST_EVAL_KEYS,
     TRIAL_FIELDS,
     ConfigError,
     TrialConfig,
@@ -72,9 +73,7 @@ _ARCHITECTURE_KEYS = ("model", "model_width")
 # field counts until it is listed here.
 _NOT_WEIGHTS = {
     "data_dir", "val_size",  # the data's fingerprint covers what they select
-    "eval_subset", "eval_epsilon", "eval_steps", "blackbox_queries", "eval_grid", "final_grid",
-    "final_eval_subset", "final_restarts", "cifar10c_images", "attr_images", "attr_steps",
-    "attr_restarts",
+    "eval_epsilon", "eval_steps", "blackbox_queries", *TEST_EVAL_KEYS,
     "pool_size", "lime_samples", "lime_backend", "segmentation", "lime_actors",
     "cpus_per_lime_actor", "mask_ratio", "mask_strategy", "mask_fill", "reg_weight",
     "reg_weighting", "reg_warmup_epochs",

@@ -24,6 +24,15 @@ TRAIN_ATTACKS = ("pgd", "fgsm", "none")
 STAGES = ("search", "baseline", "confirm")
 
 
+# Keys that decide only a confirmation trial's test evaluation (trainables/trial_eval.py), never
+# its training (eval_subset also sizes the confirmation trial's per-round validation evaluation):
+# a study's `confirm_eval:` may set them, and no base's cache key holds them.
+TEST_EVAL_KEYS = (
+    "eval_subset", "eval_grid", "final_grid", "final_eval_subset", "final_restarts",
+    "cifar10c_images", "attr_images", "attr_steps", "attr_restarts",
+)  # fmt: skip
+
+
 class ConfigError(ValueError):
     """A configuration value that is missing, mistyped, out of range or unknown."""
 
