@@ -58,17 +58,18 @@ REFERENCE_POINT = 0.0  # for every objective: accuracies as fractions, 1.0 would
 DEFAULT_PRESET = "digits"
 # What the benchmark changes in each preset (study.config PRESETS), merged over it by
 # study_overrides. digits: nothing (its trials take --rounds). cifar10-cpu: 2 schedulers x 3
-# seeds in about 1.5 to 2 hours on 2 CPU cores (the estimate in docs/benchmarks.md "Early
-# stopping"). It keeps the preset's base (refining a trained base is the method's real setting):
-# the base's key depends neither on the seed the benchmark varies (Optuna's) nor on any value
-# below, so the first study trains it (14.5 minutes on both cores) and the other five load it.
+# seeds in about 95 minutes on 2 CPU cores plus the base once (an estimate, not a measurement:
+# docs/benchmarks.md "Early stopping"). It keeps the preset's base, as refining a trained base
+# is the method's real setting; the base's key depends neither on the seed the benchmark varies
+# (Optuna's) nor on any value below, so the first study trains it (14.5 minutes on both cores)
+# and the other five load it.
 PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "digits": {},
     "cifar10-cpu": {
         "trial": {
             # a third of the preset's 3,000 images per round: about 15 s of training on a core
-            # (PGD-2 and the penalty), so a round still outweighs Ray's fixed cost per trial
-            # (about 22 s), which is what early stopping can save
+            # (PGD-2 and the penalty); with LIME and the evaluation a round (about 27 s) still
+            # outweighs Ray's fixed cost per trial (about 22 s), which no early stop saves
             "train_subset": 1_000,
             "epochs_per_round": 1,  # the preset's: rounds are the rungs, not epochs
             "pool_size": 32,  # a quarter of the preset's LIME pool: about 5 s a round
