@@ -199,18 +199,22 @@ def _setting_text(setting: Mapping) -> str:
     )
 
 
+def _paired_table(table: pd.DataFrame, why_empty: str) -> str:
+    """A paired-difference table (answer.csv, ablation.csv) with its intervals and verdicts,
+    or a note saying why it is empty."""
+    if table.empty:
+        return f'<p class="note">Empty: {why_empty}.</p>'
+    columns = ["config_id", "reference", "n_pairs", *interval_metrics(table), "verdict"]
+    return _text_table(interval_frame(table, columns))
+
+
 def _ablation_parts(ablation: pd.DataFrame, confirmed: pd.DataFrame | None) -> list[str]:
     """An ablation's section: each variant minus the full setting (ablation.csv), and the
     confirmed test figures of the variants and the setting (confirmed.csv) with intervals."""
     parts = ["<h2>Ablation: each variant against the full setting (test split)</h2>"]
+    parts.append(_paired_table(ablation, "the full setting was not confirmed, or nothing was"))
     if ablation.empty:
-        parts.append(
-            '<p class="note">Empty: the full setting was not confirmed, or nothing was.</p>'
-        )
         return parts
-    diffs = interval_metrics(ablation)
-    columns = ["config_id", "reference", "n_pairs", *diffs, "verdict"]
-    parts.append(_text_table(interval_frame(ablation, columns)))
     parts.append(
         '<p class="note">Each variant switches one component of the setting off: '
         "<i>no_masking</i> (mask_ratio 0), <i>uniform_penalty</i> (the input-gradient penalty "
@@ -273,12 +277,7 @@ def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) 
     if answer is not None:
         which = "variant" if setting else "front configuration"
         parts.append(f"<h2>The answer: each {which} against PGD-AT (test split)</h2>")
-        if answer.empty:
-            parts.append('<p class="note">Empty: PGD-AT was not confirmed, or nothing was.</p>')
-        else:
-            diffs = interval_metrics(answer)
-            columns = ["config_id", "reference", "n_pairs", *diffs, "verdict"]
-            parts.append(_text_table(interval_frame(answer, columns)))
+        parts.append(_paired_table(answer, "PGD-AT was not confirmed, or nothing was"))
         parts.append(
             '<p class="note">Each difference is the configuration minus the reference in '
             "percentage points, paired by confirmation seed, with its 95% t-interval over the "

@@ -480,38 +480,35 @@ def scheduler_state_path(cfg: StudyConfig) -> Path:
     return _local_out_dir(cfg) / SCHEDULER_STATE_FILE
 
 
-def baseline_points(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """Every baseline method with the fixed trial config, at the search's replicate seeds."""
+def _replicated(
+    cfg: StudyConfig, configurations: dict[str, dict[str, Any]], stage: str
+) -> list[dict[str, Any]]:
+    """Each configuration (config_id -> its overrides of the trial config) at the replicate
+    seeds, as complete trial points of the stage."""
     return [
         {
             **vars(cfg.trial),
-            "method": method,
-            "config_id": method,
+            **overrides,
+            "config_id": config_id,
             "replicate": r,
             "seed": replicate_seed(cfg.trial.seed, r),
-            "stage": "baseline",
+            "stage": stage,
         }
-        for method in cfg.baselines
+        for config_id, overrides in configurations.items()
         for r in range(cfg.replicates)
     ]
+
+
+def baseline_points(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Every baseline method with the fixed trial config, at the search's replicate seeds."""
+    return _replicated(cfg, {m: {"method": m} for m in cfg.baselines}, "baseline")
 
 
 def ablation_points(cfg: StudyConfig) -> list[dict[str, Any]]:
     """Every variant of the ablation's setting at the replicate seeds: the study's own
     configurations, in place of the searched ones (stage search: validation only)."""
-    setting = {**vars(cfg.trial), **cfg.ablation}
-    return [
-        {
-            **setting,
-            **switch,
-            "config_id": variant,
-            "replicate": r,
-            "seed": replicate_seed(cfg.trial.seed, r),
-            "stage": "search",
-        }
-        for variant, switch in ABLATION_VARIANTS.items()
-        for r in range(cfg.replicates)
-    ]
+    variants = {v: {**cfg.ablation, **switch} for v, switch in ABLATION_VARIANTS.items()}
+    return _replicated(cfg, variants, "search")
 
 
 def make_ablation_tuner(cfg: StudyConfig):
