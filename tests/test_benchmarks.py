@@ -2,9 +2,10 @@
 
 import json
 
+import pytest
 import torch
 
-from benchmarks import cifar_base, reproduce_cifar10, seed_spread
+from benchmarks import cifar_base, ig_memory, reproduce_cifar10, seed_spread
 
 
 def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_path):
@@ -47,3 +48,17 @@ def test_cifar_base_benchmark_at_smoke_scale(cifar10_tarball, tmp_path):
 
     probe = cifar_base.main([*args, "16", "--probe-steps", "1"])["probe"]
     assert [row["width"] for row in probe] == [8, 16] and all(r["images_per_s"] > 0 for r in probe)
+
+
+def test_ig_memory_benchmark_at_smoke_scale(tmp_path):
+    """Each chunk size in its own process: the same loss (the first step's, before any update),
+    a peak memory and a time each."""
+    out = tmp_path / "ig.json"
+    ig_memory.main(["--micro-batches", "0", "4", "--steps", "1", "--batch-size", "12",
+                    "--width", "8", "--json", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    whole, chunked = result["rows"]
+    assert (whole["ig_micro_batch"], chunked["ig_micro_batch"]) == (0, 4)
+    assert chunked["loss"] == pytest.approx(whole["loss"], rel=0.05)  # PGD's starts differ
+    assert whole["peak_rss_gb"] > 0.1 and chunked["seconds_per_step"] > 0
+    assert whole["time_ratio_to_first"] == 1.0

@@ -12,6 +12,7 @@ from trainables.config import ConfigError, make_trial_config, parse_grid
 from trainables.explain import Explanation
 from trainables.models import build_model
 from trainables.refine import (
+    backward,
     lime_weight_maps,
     mask_superpixels,
     penalty_warmup,
@@ -88,6 +89,44 @@ def test_penalty_adds_weighted_input_gradient_norm():
     # uniform weighting ignores the map
     _, ignored = _loss(model, x, y, weight_map=twos, reg_weighting="uniform", **off)
     torch.testing.assert_close(ignored, uniform)
+
+
+@pytest.mark.parametrize("method", ["ig_norm", "ig_sum_norm"])
+def test_ig_micro_batches_accumulate_the_whole_batch_gradient(method, monkeypatch):
+    """Chunks of 4, 4, 4 and 3 examples give the gradient of the batch of 15 at once (a model
+    without BatchNorm, so the chunks see what the batch sees; the attack made deterministic)."""
+    monkeypatch.setattr(objectives, "_adversarial", lambda m, x, y, eps, *a: (x + eps).clamp(0, 1))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(),
+                                torch.nn.Linear(32, 10))  # fmt: skip
+    x, y = torch.rand(15, 1, 8, 8), torch.randint(0, 10, (15,))
+    w = torch.ones(15, 1, 8, 8)
+    grads, losses = [], []
+    for micro in (0, 4):
+        cfg = make_trial_config(
+            {"method": method, "epsilon": 0.1, "baseline_weight": 0.5, "ig_micro_batch": micro}
+        )
+        model.zero_grad()
+        losses.append(backward(cfg, model, x, y, w, step=0))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert not losses[0].requires_grad
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    assert grads[0].abs().sum() > 0
+
+
+def test_ig_micro_batch_leaves_other_methods_whole(monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        "trainables.refine.training_loss",
+        lambda cfg, model, x, *a: seen.append(len(x)) or model(x).sum() * 0,
+    )
+    model, x, y = _batch(16)
+    for method, sizes in (("pgd_at", [16]), ("lime_refine", [16]), ("ig_norm", [5, 5, 5, 1])):
+        seen.clear()
+        cfg = make_trial_config({"method": method, "ig_micro_batch": 5})
+        backward(cfg, model, x, y, torch.ones(16, 1, 8, 8), step=0)
+        assert seen == sizes, method
 
 
 def test_penalty_warms_up_linearly_then_stays_at_full_weight():

@@ -82,11 +82,11 @@ _NOT_WEIGHTS = {
 # ... and the keys each base method ignores (trainables.refine.training_loss).
 _UNUSED_BY_METHOD = {
     "erm": {"train_attack", "attack_norm", "epsilon", "attack_steps", "baseline_weight",
-            "ig_steps"},
-    "pgd_at": {"train_attack", "baseline_weight", "ig_steps"},
+            "ig_steps", "ig_micro_batch"},
+    "pgd_at": {"train_attack", "baseline_weight", "ig_steps", "ig_micro_batch"},
     "ig_norm": {"train_attack", "attack_norm"},
     "ig_sum_norm": {"train_attack", "attack_norm"},
-    "trades": {"train_attack", "attack_norm", "ig_steps"},
+    "trades": {"train_attack", "attack_norm", "ig_steps", "ig_micro_batch"},
 }  # fmt: skip
 
 # train(config) -> (the model's state_dict, the base's validation metrics)

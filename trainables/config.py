@@ -17,6 +17,7 @@ from trainables.models import ARCHITECTURES
 from trainables.segmentation import SEGMENTATIONS
 
 METHODS = ("lime_refine", "erm", "pgd_at", "ig_norm", "ig_sum_norm", "trades")
+IG_METHODS = ("ig_norm", "ig_sum_norm")  # losses with an integrated-gradients path
 MASK_STRATEGIES = ("least_important", "most_important")
 MASK_FILLS = ("mean", "zero", "blur")
 REG_WEIGHTINGS = ("uniform", "lime")
@@ -84,6 +85,11 @@ class TrialConfig:
     # baselines: IG-NORM / IG-SUM-NORM / TRADES strength and IG path steps
     baseline_weight: float = 1.0
     ig_steps: int = 10
+    # IG-NORM / IG-SUM-NORM: examples per backward pass, the batch's gradient accumulated over
+    # its chunks (0 = the whole batch at once). Their loss holds the double-backward graph of
+    # ig_steps x batch images: at batch 256, 10 steps, a width-32 fast_cnn on CIFAR-10, one
+    # step peaks at 9.5 GB, in chunks of 64 at 3.0 GB (python -m benchmarks.ig_memory).
+    ig_micro_batch: int = 0
     # evaluation: one fixed epsilon for every trial so trials are comparable; robust accuracy
     # is the per-example worst case of PGD (eval_steps) and the gradient-free Square attack
     # (blackbox_queries), so gradient masking cannot inflate it
@@ -153,6 +159,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "attack_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
     "baseline_weight": (lambda v: 0 <= v <= 1e4, "must be in [0, 10000]"),
     "ig_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
+    "ig_micro_batch": (lambda v: 0 <= v <= 100_000, "must be in [0, 100000] (0 = the batch)"),
     "eval_epsilon": (lambda v: 0 <= v <= 1, "must be in [0, 1] (pixel units)"),
     "eval_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
     "eval_grid": (lambda v: _grid_ok(v), "must be comma-separated eps in (0, 1], e.g. '1/255,0.1'"),
