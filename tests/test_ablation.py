@@ -22,7 +22,7 @@ from study.config import (
     load_config,
 )
 from study.status import format_summary, summarize_study
-from tests.conftest import REPO, TINY_TRIAL
+from tests.conftest import REPO, TINY_TRIAL, notebook_text, run_notebook
 
 SETTING = {"mask_ratio": 0.3, "reg_weight": 0.5, "epsilon": 0.0157}
 VARIANTS = ["full", "no_masking", "uniform_penalty", "no_penalty", "no_adversarial"]
@@ -252,7 +252,8 @@ def test_the_ablation_table_is_each_variant_minus_full_paired_by_seed(ablation_t
     assert m["test_clean_acc_diff_ci_high"] == pytest.approx(-0.02 + half, abs=1e-6)
     assert m["test_autoattack_acc_diff"] == pytest.approx(-0.05)
     assert m["test_autoattack_acc_diff_ci_high"] == pytest.approx(-0.05 + half, abs=1e-6)
-    assert m["verdict"] == "worse in test_autoattack_acc"  # masking helps AutoAttack accuracy
+    assert m["test_robust_acc_diff"] == pytest.approx(-0.05)  # robust = AutoAttack + 5 here
+    assert m["verdict"] == "worse in test_robust_acc, test_autoattack_acc"  # masking helps both
     u = table.loc["uniform_penalty"]
     assert u["test_clean_acc_diff"] == pytest.approx(0.01) and u["verdict"] == "dominates"
     p = table.loc["no_penalty"]  # seed 2 errored: two pairs
@@ -264,7 +265,7 @@ def test_the_ablation_table_is_each_variant_minus_full_paired_by_seed(ablation_t
     assert p["verdict"] == "undecided"  # 2 pairs: t(0.975, 1) = 12.7 makes both intervals wide
     a = table.loc["no_adversarial"]
     assert a["test_autoattack_acc_diff"] == pytest.approx(-0.30)
-    assert a["verdict"] == "worse in test_autoattack_acc"
+    assert a["verdict"] == "worse in test_robust_acc, test_autoattack_acc"
     # the answer is still every confirmed configuration against PGD-AT, full included
     assert set(answer["config_id"]) == set(VARIANTS) and (answer["reference"] == "pgd_at").all()
     assert (out_dir / ANSWER_FILE).is_file()
@@ -292,7 +293,8 @@ def test_the_console_the_status_and_the_report_show_the_ablation(ablation_tables
     text = out.getvalue()
     assert text.index("The answer") < text.index("The ablation (test split, each variant minus")
     line = next(x for x in text.splitlines() if x.split()[:2] == ["no_masking", "full"])
-    assert "-2.0 [-4.5, +0.5]" in line and line.endswith("worse in test_autoattack_acc")
+    assert "-2.0 [-4.5, +0.5]" in line
+    assert line.endswith("worse in test_robust_acc, test_autoattack_acc")
     status = format_summary(summarize_study(out_dir))
     assert "Ablation (test split" in status and "no_adversarial" in status
     html = report.build_report(out_dir)
@@ -367,3 +369,15 @@ def test_end_to_end_ablation_csv_pairs_each_variant_with_full(tiny_ablation):
     assert set(answer["config_id"]) == set(VARIANTS)  # every variant against PGD-AT
     html = report.build_report(d)
     assert "Ablation: each variant against the full setting" in html
+
+
+@pytest.mark.slow  # shares the study above
+def test_end_to_end_the_notebook_shows_the_ablation(tiny_ablation):
+    d, _ = tiny_ablation
+    nb = run_notebook(REPO / "analysis" / "notebooks" / "pareto_fronts.ipynb", d)
+    text = notebook_text(nb)
+    assert "No ablation.csv" not in text and "ablation.csv is empty" not in text
+    for variant in VARIANTS[1:]:
+        assert variant in text
+    assert "test_clean_acc_diff (points) [95% CI]" in text
+    assert "Confirmed test figures of the variants" in text
