@@ -199,13 +199,25 @@ def _setting_text(setting: Mapping) -> str:
     )
 
 
+def paired_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """A paired-difference table (answer.csv, ablation.csv) as shown: each configuration, its
+    reference, the pairs, each difference with its interval and the verdict."""
+    columns = ["config_id", "reference", "n_pairs", *interval_metrics(table), "verdict"]
+    return interval_frame(table, columns)
+
+
+def variant_figures(ablation: pd.DataFrame, confirmed: pd.DataFrame) -> pd.DataFrame:
+    """An ablation's confirmed test figures (confirmed.csv) of its variants and full setting,
+    each metric's mean with its interval, as shown."""
+    rows = confirmed[confirmed["config_id"].isin({*ablation["config_id"], *ablation["reference"]})]
+    return interval_frame(rows, ["config_id", "n", *interval_metrics(rows), "masking_flags"])
+
+
 def _paired_table(table: pd.DataFrame, why_empty: str) -> str:
-    """A paired-difference table (answer.csv, ablation.csv) with its intervals and verdicts,
-    or a note saying why it is empty."""
+    """paired_frame as HTML, or a note saying why the table is empty."""
     if table.empty:
         return f'<p class="note">Empty: {why_empty}.</p>'
-    columns = ["config_id", "reference", "n_pairs", *interval_metrics(table), "verdict"]
-    return _text_table(interval_frame(table, columns))
+    return _text_table(paired_frame(table))
 
 
 def _ablation_parts(ablation: pd.DataFrame, confirmed: pd.DataFrame | None) -> list[str]:
@@ -224,11 +236,8 @@ def _ablation_parts(ablation: pd.DataFrame, confirmed: pd.DataFrame | None) -> l
         "m</i> says the component helps m.</p>"
     )
     if confirmed is not None and not confirmed.empty:
-        ids = {*ablation["config_id"], *ablation["reference"]}
-        rows = confirmed[confirmed["config_id"].isin(ids)]
         parts.append("<h3>The variants' confirmed test figures (mean [95% interval])</h3>")
-        columns = ["config_id", "n", *interval_metrics(rows), "masking_flags"]
-        parts.append(_text_table(interval_frame(rows, columns)))
+        parts.append(_text_table(variant_figures(ablation, confirmed)))
     return parts
 
 

@@ -121,3 +121,30 @@ def tiny_study(ray_local, tmp_path_factory) -> str:
 
 def _tail(path: Path, lines: int = 60) -> str:
     return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
+
+
+def run_notebook(path: Path, study_dir: str | os.PathLike):
+    """Execute a notebook headlessly on a study ($STUDY_DIR) and return it with its outputs;
+    raises CellExecutionError on any error."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    os.environ["STUDY_DIR"] = str(study_dir)  # the kernel inherits it
+    try:
+        resources = {"metadata": {"path": str(path.parent)}}
+        NotebookClient(nb, timeout=120, kernel_name="python3", resources=resources).execute()
+    finally:
+        del os.environ["STUDY_DIR"]
+    return nb
+
+
+def notebook_text(nb) -> str:
+    """Everything the notebook's code cells printed or displayed as text or HTML."""
+    parts = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            parts.append(o.get("text", ""))
+            data = o.get("data", {})
+            parts.append(data.get("text/plain", "") + data.get("text/html", ""))
+    return "\n".join(parts)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from tests.conftest import run_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "analysis" / "notebooks").glob("*.ipynb"))
 
@@ -25,13 +26,8 @@ def test_notebook_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, tiny_study, monkeypatch):
-    monkeypatch.setenv("STUDY_DIR", tiny_study)
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.execute()  # raises CellExecutionError on any error
+def test_notebook_runs(path, tiny_study):
+    nb = run_notebook(path, tiny_study)
     images = [
         o
         for c in nb.cells
