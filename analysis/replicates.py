@@ -143,6 +143,8 @@ def answer_table(
     (the differences do not exceed their intervals). Empty when the reference has no finished
     trial: there is nothing to pair with. Metrics the confirmation lacks are left out."""
     metrics = [m for m in metrics if m in confirmation]
+    if not metrics:  # nothing to compare: no verdict, rather than a vacuous "dominates"
+        return pd.DataFrame()
     done = completed(confirmation).assign(config_id=_config_id(completed(confirmation)))
     ref = done[done["config_id"] == reference].set_index("config/replicate")
     if ref.empty:

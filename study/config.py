@@ -241,7 +241,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "final_restarts": 1,
             "cifar10c_images": 500,
             "cpus_per_worker": 1.0,
-            # IG-NORM's step in chunks of 64: 3.0 GB at its peak instead of 9.5 (two trials
+            # IG-NORM's step in chunks of 64: 3.0 GiB at its peak instead of 9.5 (two trials
             # at batch 256 were killed by Ray's memory monitor on 24 GB; benchmarks.ig_memory)
             "ig_micro_batch": 64,
         },

@@ -457,6 +457,8 @@ def _fixed_trials_tuner(cfg: StudyConfig, path: str, points: list[dict[str, Any]
 
     space = dict(vars(cfg.trial))
     for point in points:
+        if missing := set(space) - set(point):
+            raise ValueError(f"a {stage} point lacks {sorted(missing)}: points are complete")
         space.update({k: None for k, v in point.items() if space.get(k) != v})
     generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=_concurrency(cfg))
     return _tuner(cfg, path, space, generator, len(points), stage)

@@ -130,12 +130,10 @@ def run_notebook(path: Path, study_dir: str | os.PathLike):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    os.environ["STUDY_DIR"] = str(study_dir)  # the kernel inherits it
-    try:
-        resources = {"metadata": {"path": str(path.parent)}}
-        NotebookClient(nb, timeout=120, kernel_name="python3", resources=resources).execute()
-    finally:
-        del os.environ["STUDY_DIR"]
+    env = {k: v for k, v in os.environ.items() if k not in ("BASELINE_DIRS", "STUDY_STORAGE")}
+    resources = {"metadata": {"path": str(path.parent)}}
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources=resources)
+    client.execute(env={**env, "STUDY_DIR": str(study_dir)})  # the kernel's environment
     return nb
 
 

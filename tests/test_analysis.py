@@ -522,6 +522,23 @@ def test_answer_table_verdicts_paired_by_seed():
     assert verdict == "worse in test_clean_acc, test_autoattack_acc"
 
 
+def test_the_answer_pairs_robust_accuracy_too_and_needs_a_metric():
+    from analysis.replicates import answer_table
+
+    three = _confirmation()
+    three["test_robust_acc"] = three["test_autoattack_acc"] + 0.05
+    answer = answer_table(three).set_index("config_id")
+    assert answer.loc["cA", "verdict"] == "dominates"
+    assert answer.loc["cA", "test_robust_acc_diff"] == pytest.approx(0.01)
+    is_a = three["config/config_id"] == "cA"
+    three.loc[is_a, "test_robust_acc"] -= 0.05  # -4 points robust at every seed
+    assert answer_table(three).set_index("config_id").loc["cA", "verdict"] == (
+        "worse in test_robust_acc"
+    )
+    no_metric = three.drop(columns=["test_clean_acc", "test_robust_acc", "test_autoattack_acc"])
+    assert answer_table(no_metric).empty  # no verdict without a figure to compare
+
+
 def test_mark_stopped_and_search_stage():
     live = pd.DataFrame(
         [

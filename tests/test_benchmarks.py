@@ -60,5 +60,5 @@ def test_ig_memory_benchmark_at_smoke_scale(tmp_path):
     whole, chunked = result["rows"]
     assert (whole["ig_micro_batch"], chunked["ig_micro_batch"]) == (0, 4)
     assert chunked["loss"] == pytest.approx(whole["loss"], rel=0.05)  # PGD's starts differ
-    assert whole["peak_rss_gb"] > 0.1 and chunked["seconds_per_step"] > 0
+    assert whole["peak_rss_gib"] > 0.1 and chunked["seconds_per_step"] > 0
     assert whole["time_ratio_to_first"] == 1.0

@@ -79,7 +79,7 @@ _NOT_WEIGHTS = {
     "reg_weighting", "reg_warmup_epochs",
     "config_id", "replicate", "stage", "base_checkpoint", "cpus_per_worker", "gpus_per_worker",
 }  # fmt: skip
-# ... and the keys each base method ignores (trainables.refine.training_loss).
+# ... and the keys each base method ignores (trainables.refine.training_loss and backward).
 _UNUSED_BY_METHOD = {
     "erm": {"train_attack", "attack_norm", "epsilon", "attack_steps", "baseline_weight",
             "ig_steps", "ig_micro_batch"},

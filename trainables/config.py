@@ -87,8 +87,8 @@ class TrialConfig:
     ig_steps: int = 10
     # IG-NORM / IG-SUM-NORM: examples per backward pass, the batch's gradient accumulated over
     # its chunks (0 = the whole batch at once). Their loss holds the double-backward graph of
-    # ig_steps x batch images: at batch 256, 10 steps, a width-32 fast_cnn on CIFAR-10, one
-    # step peaks at 9.5 GB, in chunks of 64 at 3.0 GB (python -m benchmarks.ig_memory).
+    # ig_steps x batch images: at batch 256, 10 steps, a width-32 fast_cnn on CIFAR-10, a
+    # process running one step peaks at 9.5 GiB, in chunks of 64 at 3.0 (benchmarks.ig_memory).
     ig_micro_batch: int = 0
     # evaluation: one fixed epsilon for every trial so trials are comparable; robust accuracy
     # is the per-example worst case of PGD (eval_steps) and the gradient-free Square attack

@@ -173,15 +173,22 @@ def backward(
 ) -> torch.Tensor:
     """The batch's training loss, back-propagated into the parameters' .grad; returned detached.
 
-    IG-NORM and IG-SUM-NORM run in chunks of ig_micro_batch examples, each chunk's loss weighted
-    by its share of the batch (gradient accumulation: the batch's gradient in a chunk's memory).
-    Why: their loss holds the double-backward graph of ig_steps x batch images, which two
-    CIFAR-10 trials at batch 256 could not hold on 24 GB. BatchNorm then normalizes each chunk
-    with its own statistics.
+    IG-NORM and IG-SUM-NORM run in chunks of at most ig_micro_batch examples (balanced: 65 at 64
+    is 33 + 32, never 64 + 1), each chunk's loss weighted by its share of the batch (gradient
+    accumulation: the batch's gradient in a chunk's memory). Why: their loss holds the
+    double-backward graph of ig_steps x batch images, which two CIFAR-10 trials at batch 256
+    could not hold on 24 GB. Sound because every loss is a mean over its examples and no attack
+    calls .backward() (they take input gradients with autograd.grad), so nothing else adds to
+    .grad. The step then differs from the whole batch's in BatchNorm (each chunk normalized by
+    its own statistics, which also update the running ones once per chunk) and in PGD's random
+    starts (drawn per chunk).
     """
-    chunk = cfg.ig_micro_batch if cfg.method in IG_METHODS and cfg.ig_micro_batch else len(x)
+    chunks = 1
+    if cfg.method in IG_METHODS and cfg.ig_micro_batch:
+        chunks = math.ceil(len(x) / cfg.ig_micro_batch)
     total = torch.zeros((), device=x.device)
-    for xc, yc, wc in zip(x.split(chunk), y.split(chunk), weight_map.split(chunk), strict=True):
+    parts = (t.tensor_split(chunks) for t in (x, y, weight_map))
+    for xc, yc, wc in zip(*parts, strict=True):
         loss = training_loss(cfg, model, xc, yc, wc, step, reg_scale) * (len(xc) / len(x))
         loss.backward()
         total += loss.detach()
