@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from analysis.replicates import ANSWER_METRICS
 from analysis.results import BASELINES_DIR, CONFIRMATION_DIR, SCHEDULER_STATE_FILE, STUDY_FILE
 from analysis.tables import answer_table_text, front_table
 from study.base import prepare_base, write_base_record
@@ -386,12 +387,8 @@ def _trainable(cfg: StudyConfig):
 
 
 # What the console shows per finished trial of each stage: the search's objectives, and for the
-# confirmation the test split's clean, robust and AutoAttack accuracy (the answer's columns).
-CONFIRMATION_SHOWN = {
-    "test_clean_acc": "max",
-    "test_robust_acc": "max",
-    "test_autoattack_acc": "max",
-}
+# confirmation the answer's metrics (test clean, robust and AutoAttack accuracy).
+CONFIRMATION_SHOWN = dict.fromkeys(ANSWER_METRICS, "max")
 
 
 def _console_callback(cfg: StudyConfig, stage: str, total: int) -> StudyConsole:
