@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from analysis.pareto import pareto_mask
 from analysis.results import BASELINES, METHOD, METHOD_LABEL, searched_trials
+from analysis.tables import is_accuracy
 
 _BASELINE_STYLE = {
     "erm": ("s", "tab:blue"),
@@ -33,10 +34,6 @@ _NAMES = {
     "reg_weight": "Regularisation weight",
     "epsilon": "Training ε (L∞)",
 }
-
-
-def is_accuracy(column: str) -> bool:
-    return column.endswith("_acc") or column.endswith("accuracy")
 
 
 def scale(df: pd.DataFrame, column: str) -> pd.Series:

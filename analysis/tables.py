@@ -101,7 +101,9 @@ def short_metric(name: str) -> str:
 
 
 def is_accuracy(name: str) -> bool:
-    return "acc" in name
+    """An accuracy, shown in percent: a name with "acc", or CIFAR-10-C's mean accuracy over
+    its corruptions (test_cifar10c_mean), and their differences (`_diff`)."""
+    return "acc" in name or "cifar10c_mean" in name
 
 
 def is_missing(v: Any) -> bool:

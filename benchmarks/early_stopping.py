@@ -530,6 +530,7 @@ def main(argv: list[str] | None = None, run: Runner = run_preset_study) -> int:
         p.error("--trial-overrides: a JSON object of trial settings")
     from study.config import ConfigError
     from study.console import print_error
+    from study.status import StageInterrupted
 
     data_dir = None if args.data_dir is None else os.path.abspath(os.path.expanduser(args.data_dir))
     settings = Settings(
@@ -548,7 +549,11 @@ def main(argv: list[str] | None = None, run: Runner = run_preset_study) -> int:
         print_error(str(e))
         return 2
     os.makedirs(storage, exist_ok=True)
-    results = run_benchmark(args.seeds, settings, storage, run)
+    try:
+        results = run_benchmark(args.seeds, settings, storage, run)
+    except StageInterrupted as e:
+        print_error(f"interrupted: {e}; the same command goes on from there (studies resume)")
+        return 130
     command = benchmark_command("benchmarks.early_stopping", argv)
     cheap = PRESET_OVERRIDES[settings.preset]
     changed = f" with {json.dumps(cheap)}" if cheap else ""

@@ -32,6 +32,7 @@ from study.config import (
     confirm_seed,
 )
 from study.console import console_stream, print_error, redirect_logs
+from study.status import StageInterrupted, fit_stage
 from trainables.config import TRIAL_FIELDS, make_trial_config
 
 CONFIRM_METRICS = (
@@ -148,7 +149,9 @@ def run_confirmation(
     print(f"\nConfirmation: {n_configs} configurations x {cfg.confirm_seeds} fresh seeds, "
           "evaluated on the test split", file=console_stream())  # fmt: skip
     path = f"{cfg.study_dir}/{CONFIRMATION_DIR}"
-    _fixed_trials_tuner(cfg, path, points, "confirmation").fit()
+    fit_stage(
+        _fixed_trials_tuner(cfg, path, points, "confirmation"), path, len(points), "confirmation"
+    )
     return write_confirmation_tables(cfg, out_dir)
 
 
@@ -289,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print_error(str(e))
         return 2
-    print_answer(*run_confirmation(cfg, config_ids, out_dir))
+    try:
+        print_answer(*run_confirmation(cfg, config_ids, out_dir))
+    except StageInterrupted as e:
+        print_error(f"interrupted: {e}; the same command goes on from there")
+        return 130
     return 0
 
 

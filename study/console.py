@@ -116,6 +116,15 @@ def error_reason(trial: Any) -> str:
     return reason if len(reason) <= 200 else reason[:197] + "..."
 
 
+def stage_status(trial: Any) -> str:
+    """Tune's status of a live trial, but STOPPED for one Tune ended before it finished: an
+    early-stopping decision or an interrupt leaves TERMINATED without the `done` that Tune adds
+    to a finished trial's last result (tune_controller.py, `_process_trial_result`)."""
+    if trial.status == "TERMINATED" and not (trial.last_result or {}).get("done"):
+        return "STOPPED"
+    return str(trial.status)
+
+
 class StudyConsole(Callback):
     """One line per finished or failed trial and a status line, for one stage of the study.
 
@@ -230,11 +239,12 @@ class StudyConsole(Callback):
 
     def status_line(self, trials: Sequence[Any]) -> str:
         """'[search] 6/16 done, 2 running, 8 pending, 0 errored; ~5m00s left'."""
-        counts = count_statuses((t.status for t in trials), total=self.total)
+        statuses = [stage_status(t) for t in trials]
+        counts = count_statuses(statuses, total=self.total)
         walls = [
             w
-            for t in trials
-            if t.status == "TERMINATED"
+            for t, status in zip(trials, statuses, strict=True)
+            if status == "TERMINATED"
             and isinstance(w := (t.last_result or {}).get("time_total_s"), int | float)
         ]
         mean_wall = sum(walls) / len(walls) if walls else None
@@ -266,7 +276,7 @@ class StudyConsole(Callback):
         since = now - self._last_status_t
         if since < min(self.min_interval_s, self.heartbeat_s):
             return
-        statuses = [t.status for t in trials]
+        statuses = [stage_status(t) for t in trials]
         finished = sum(s in ("TERMINATED", "ERROR", "STOPPED") for s in statuses)
         changed = finished != self._last_finished
         if (changed and since >= self.min_interval_s) or (

@@ -42,6 +42,7 @@ from study.console import (
     quiet_ray_kwargs,
     redirect_logs,
 )
+from study.status import StageInterrupted, fit_stage, resume_command
 from trainables.base import base_trial_config
 from trainables.config import make_trial_config
 from trainables.data import DataError, load_splits
@@ -479,8 +480,14 @@ def make_tuner(cfg: StudyConfig):
             on_config_stopped=searcher.config_stopped,
             state_path=str(scheduler_state_path(cfg)),
         )
-    total = cfg.num_samples * cfg.replicates
-    return _tuner(cfg, cfg.study_dir, space, searcher, total, "search", scheduler)
+    return _tuner(cfg, cfg.study_dir, space, searcher, search_total(cfg), "search", scheduler)
+
+
+def search_total(cfg: StudyConfig) -> int:
+    """The trials of the search stage (of an ablation: its variants at the replicate seeds)."""
+    return (
+        len(ablation_points(cfg)) if cfg.ablation is not None else cfg.num_samples * cfg.replicates
+    )
 
 
 def scheduler_state_path(cfg: StudyConfig) -> Path:
@@ -525,10 +532,12 @@ def make_ablation_tuner(cfg: StudyConfig):
     return _fixed_trials_tuner(cfg, cfg.study_dir, ablation_points(cfg), "search")
 
 
-def make_baseline_tuner(cfg: StudyConfig):
-    """The baselines, `replicates` seeds each, in study_dir/baselines."""
+def run_baselines(cfg: StudyConfig) -> None:
+    """The baselines, `replicates` seeds each, in study_dir/baselines, run or resumed to their
+    end."""
     path = f"{cfg.study_dir}/{BASELINES_DIR}"
-    return _fixed_trials_tuner(cfg, path, baseline_points(cfg), "baselines")
+    points = baseline_points(cfg)
+    fit_stage(_fixed_trials_tuner(cfg, path, points, "baselines"), path, len(points), "baselines")
 
 
 def write_study_file(cfg: StudyConfig) -> None:
@@ -622,9 +631,9 @@ def run_study(
     cfg = prepare_base(cfg)  # the shared base model, trained or found in the cache
     write_base_record(cfg)
     tuner = make_tuner(cfg) if cfg.ablation is None else make_ablation_tuner(cfg)
-    tuner.fit()
+    fit_stage(tuner, cfg.study_dir, search_total(cfg), "search")
     if cfg.baselines:
-        make_baseline_tuner(cfg).fit()
+        run_baselines(cfg)
     out_dir = _local_out_dir(cfg)
     front = summarize(cfg, out_dir)
     if cfg.confirm_seeds and not front.empty:
@@ -675,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print_error(str(e))
         return 2
+    except StageInterrupted as e:
+        resume = resume_command(cfg.study_dir, {"name": cfg.name, "storage": cfg.storage})
+        print_error(f"interrupted: {e}; every finished trial is saved. Resume with: {resume}")
+        return 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
     return 0
 
 

@@ -62,6 +62,7 @@ def _search_trial(**result):
     config = {"config_id": "c003", "replicate": 1, "method": "lime_refine", "rounds": 2}
     config.update(mask_ratio=0.123456, reg_weight=0.045678, epsilon=0.1)
     base = {"round": 2, "val_clean_acc": 0.9712, "val_robust_acc": 0.4523, "time_total_s": 65.2}
+    base["done"] = True
     return FakeTrial("abc_00001", config, {**base, **result})
 
 
@@ -107,12 +108,20 @@ def test_error_line_reads_the_last_line_of_the_error(tmp_path):
 
 def test_status_line_and_time_left():
     c = StudyConsole("search", 16, OBJ, SEARCHED, io.StringIO(), concurrency=2)
-    trials = [FakeTrial(f"t{i}", last_result={"time_total_s": 60.0}) for i in range(4)]
+    trials = [
+        FakeTrial(f"t{i}", last_result={"time_total_s": 60.0, "done": True}) for i in range(4)
+    ]
     trials += [FakeTrial("r1", status="RUNNING"), FakeTrial("r2", status="RUNNING")]
     trials += [FakeTrial("e1", status="ERROR"), FakeTrial("p1", status="PENDING")]
     # 8 trials exist: 1 pending + 8 not created yet; (2 running + 9 pending) x 60 s / 2 at once
     assert c.status_line(trials) == (
         "[search] 4/16 done, 2 running, 9 pending, 1 errored; ~5m30s left"
+    )
+    # Ended before it finished (stopped early, or interrupted): Tune says TERMINATED, without
+    # the `done` of a finished trial; its wall time does not count towards the time left.
+    trials[4].status, trials[4].last_result = "TERMINATED", {"time_total_s": 600.0}
+    assert c.status_line(trials) == (
+        "[search] 4/16 done, 1 running, 9 pending, 1 errored, 1 stopped; ~5m00s left"
     )
     assert eta_seconds({"running": 0, "pending": 0}, None, 2) == 0.0
     assert eta_seconds({"running": 1, "pending": 0}, None, 2) is None  # nothing finished yet
@@ -139,7 +148,7 @@ def test_status_line_only_on_change_and_at_most_every_interval():
         return out.getvalue().count("\n") - before
 
     assert step(10) == 0
-    trials[0].status, trials[0].last_result = "TERMINATED", {"time_total_s": 30.0}
+    trials[0].status, trials[0].last_result = "TERMINATED", {"time_total_s": 30.0, "done": True}
     assert step(30) == 0  # changed, but too soon after the start
     assert step(61) == 1  # changed, interval passed
     assert step(200) == 0  # nothing changed

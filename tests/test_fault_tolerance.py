@@ -1,4 +1,5 @@
 """Faults a cluster has, each on real processes: a Train worker or the driver killed with SIGKILL,
+the driver stopped with Ctrl-C (SIGINT),
 a trial that diverges or runs out of memory, and a truncated or corrupted checkpoint."""
 
 import json
@@ -51,8 +52,8 @@ def _start_sweep(*args: str) -> subprocess.Popen:
         [sys.executable, "-m", "study.sweep", *args],
         cwd=REPO,
         env=TEST_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,  # the console (Ray's output goes to the study's log)
+        stderr=subprocess.STDOUT,
         text=True,
     )
 
@@ -87,10 +88,10 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint(head, tmp_path):
         pid = _wait_for(lambda: _alive_train_worker_pid(head), 30, "Train worker")
         os.kill(pid, signal.SIGKILL)
         killed_after = len(_results(trial_dir))
-        _, err = proc.communicate(timeout=300)
+        console, _ = proc.communicate(timeout=300)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, console[-3000:]
     rounds = [r["round"] for r in _results(trial_dir)]
     assert 1 <= killed_after < 6, "the kill did not land mid-trial"
     assert rounds == list(range(1, 7)), rounds  # resumed from the checkpoint, not from round 1
@@ -140,8 +141,13 @@ def test_killed_driver_resumes_with_finished_trials_and_optuna_state_kept(head, 
     assert values == sorted(zip(trials["val_clean_acc"], trials["val_robust_acc"], strict=True))
 
 
-@pytest.mark.slow  # 1 + 1 trials, then 2 x 2 confirmation trials, a kill and a resume: ~4 min
-def test_killed_driver_during_confirmation_resumes_without_redoing_finished_trials(head, tmp_path):
+@pytest.mark.slow  # 1 + 1 trials, then 2 x 2 confirmation trials, a stop and a resume: ~4 min each
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_driver_stopped_during_confirmation_resumes_without_redoing_finished_trials(
+    head, tmp_path, sig
+):
+    """SIGKILL: the driver dies. SIGINT (Ctrl-C): Tune stops the stage and saves it, and the
+    study stops too, with exit code 130 and the resume command, writing no answer."""
     config = tmp_path / "c.yaml"
     trial = json.loads(write_config(tmp_path / "t.yaml").read_text())["trial"]
     config.write_text(
@@ -153,20 +159,25 @@ def test_killed_driver_during_confirmation_resumes_without_redoing_finished_tria
         "--config", str(config), "--num-samples", "1", "--max-concurrent-trials", "1",
         "--name", "ck", "--storage", str(storage), "--address", head.address,
     )  # fmt: skip
-    try:  # kill once the first confirmation trial has finished
+    try:  # stop it once the first confirmation trial has finished
         _wait_for(
             lambda: any(len(_results(d)) == 3 for d in confirmation.glob("trial_*")), 900, "conf"
         )
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.send_signal(sig)
+        console, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, console[-3000:]
+        assert "error: interrupted: the confirmation stage stopped with" in console
+        assert f"python -m study.sweep --resume --name ck --storage {storage}" in console
     finished = {
         d.name.removeprefix("trial_"): _results(d)[-1]
         for d in confirmation.glob("trial_*")
         if len(_results(d)) == 3
     }
-    assert finished and not (storage / "ck" / "answer.csv").exists()
+    assert finished and len(finished) < 4
+    assert not (storage / "ck" / "answer.csv").exists()
 
     out = sweep("--resume", "--name", "ck", "--storage", str(storage), "--address", head.address)
     assert out.returncode == 0, out.stderr[-3000:]

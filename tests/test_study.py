@@ -126,3 +126,49 @@ def test_the_console_shows_the_study_and_ray_goes_to_the_log(tiny_study):
     assert "Train" in log or "Tune" in log  # Ray's own output went here
     # baselines and confirmation run fixed points: no warning that they differ from the space
     assert "Pre-set value" not in log
+
+
+def _sleep_and_report(config):
+    import time
+
+    from ray import tune
+
+    time.sleep(config["sleep_s"])
+    tune.report({"x": 1.0})
+
+
+def test_an_interrupted_stage_is_an_error_not_a_finished_stage(ray_local, tmp_path):
+    """Ctrl-C (or SIGUSR1, the same handler) makes Tune stop, save its state and return from
+    fit() as if the stage had finished; fit_stage reads the saved state and raises. Real Tune,
+    real signal; a stage run to its end passes, and resuming the interrupted one finishes it."""
+    import os
+    import signal
+
+    from ray import tune
+
+    from study.status import StageInterrupted, fit_stage
+
+    sent = tmp_path / "sent"  # once: the callback comes back with the restored Tuner
+
+    class InterruptOnFirstStart(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            if not sent.exists():
+                sent.touch()
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    def tuner(name: str, callbacks: list):
+        return tune.Tuner(
+            _sleep_and_report,
+            param_space={"sleep_s": tune.grid_search([0.0, 0.5, 1.0])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=1),
+            run_config=tune.RunConfig(
+                storage_path=str(tmp_path), name=name, callbacks=callbacks, verbose=0
+            ),
+        )
+
+    fit_stage(tuner("whole", []), str(tmp_path / "whole"), 3, "search")
+    with pytest.raises(StageInterrupted, match="search stage stopped with [123] of its 3 trials"):
+        fit_stage(tuner("cut", [InterruptOnFirstStart()]), str(tmp_path / "cut"), 3, "search")
+    path = str(tmp_path / "cut")
+    restored = tune.Tuner.restore(path, trainable=_sleep_and_report, resume_unfinished=True)
+    fit_stage(restored, path, 3, "search")
