@@ -32,7 +32,7 @@ from study.config import (
     confirm_seed,
 )
 from study.console import console_stream, print_error, redirect_logs
-from study.status import StageInterrupted, fit_stage
+from study.status import StageInterrupted
 from trainables.config import TRIAL_FIELDS, make_trial_config
 
 CONFIRM_METRICS = (
@@ -133,7 +133,7 @@ def run_confirmation(
     return the answer and the ablation table (None for a search). Ray must be connected."""
     from analysis.results import load_trials, write_text
     from study.base import confirmation_bases
-    from study.sweep import _fixed_trials_tuner
+    from study.sweep import run_fixed_trials
 
     trials = load_trials(cfg.study_dir)
     trials = trials[trials["experiment"] != CONFIRMATION_DIR]
@@ -149,9 +149,7 @@ def run_confirmation(
     print(f"\nConfirmation: {n_configs} configurations x {cfg.confirm_seeds} fresh seeds, "
           "evaluated on the test split", file=console_stream())  # fmt: skip
     path = f"{cfg.study_dir}/{CONFIRMATION_DIR}"
-    fit_stage(
-        _fixed_trials_tuner(cfg, path, points, "confirmation"), path, len(points), "confirmation"
-    )
+    run_fixed_trials(cfg, path, points, "confirmation")
     return write_confirmation_tables(cfg, out_dir)
 
 

@@ -397,7 +397,7 @@ def _console_callback(cfg: StudyConfig, stage: str, total: int) -> StudyConsole:
     return StudyConsole(stage, total, shown, list(cfg.search), concurrency=_concurrency(cfg))
 
 
-def _tuner(
+def _run_stage(
     cfg: StudyConfig,
     path: str,
     param_space: dict,
@@ -405,9 +405,10 @@ def _tuner(
     num_samples: int,
     stage: str,
     scheduler=None,
-):
-    """A new Tuner at path, or the one already there (resumed with its searcher's state and
-    its console callback: Tune keeps the RunConfig in tuner.pkl).
+) -> None:
+    """Run a stage's `num_samples` trials to their end (fit_stage: an interrupt raises
+    StageInterrupted), with a new Tuner at path or the one already there (resumed with its
+    searcher's state and its console callback: Tune keeps the RunConfig in tuner.pkl).
 
     search_alg: a Searcher (Tune limits its concurrency to max_concurrent_trials) or a
     BasicVariantGenerator that limits its own. stage: search, baselines or confirmation."""
@@ -415,28 +416,31 @@ def _tuner(
     from ray.tune.search import Searcher
 
     if tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(
+        tuner = tune.Tuner.restore(
             path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True
         )
-    storage, name = path.rstrip("/").rsplit("/", 1)
-    return tune.Tuner(
-        _trainable(cfg),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=search_alg,
-            num_samples=num_samples,
-            max_concurrent_trials=_concurrency(cfg) if isinstance(search_alg, Searcher) else None,
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
-            scheduler=scheduler,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[_console_callback(cfg, stage, num_samples)],
-            **(QUIET_TUNE_RUN_CONFIG if logs_redirected() else {}),
-        ),
-    )
+    else:
+        storage, name = path.rstrip("/").rsplit("/", 1)
+        limit = _concurrency(cfg) if isinstance(search_alg, Searcher) else None
+        tuner = tune.Tuner(
+            _trainable(cfg),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg,
+                num_samples=num_samples,
+                max_concurrent_trials=limit,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+                scheduler=scheduler,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[_console_callback(cfg, stage, num_samples)],
+                **(QUIET_TUNE_RUN_CONFIG if logs_redirected() else {}),
+            ),
+        )
+    fit_stage(tuner, path, num_samples, stage)
 
 
 def _concurrency(cfg: StudyConfig) -> int:
@@ -445,8 +449,8 @@ def _concurrency(cfg: StudyConfig) -> int:
     return cfg.max_concurrent_trials or default_concurrency(cfg, ray.cluster_resources())
 
 
-def _fixed_trials_tuner(cfg: StudyConfig, path: str, points: list[dict[str, Any]], stage: str):
-    """A Tuner that runs exactly these (complete) trial configs, in order: an ablation's
+def run_fixed_trials(cfg: StudyConfig, path: str, points: list[dict[str, Any]], stage: str):
+    """Run exactly these (complete) trial configs, in order, to their end: an ablation's
     variants, the baselines and the confirmation. (Tune wants every key of a point in the
     param_space: the study's trial config is that space, and each point overrides it. A key
     some point sets otherwise is None in the space: Tune warns of every point that differs
@@ -459,12 +463,16 @@ def _fixed_trials_tuner(cfg: StudyConfig, path: str, points: list[dict[str, Any]
             raise ValueError(f"a {stage} point lacks {sorted(missing)}: points are complete")
         space.update({k: None for k, v in point.items() if space.get(k) != v})
     generator = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=_concurrency(cfg))
-    return _tuner(cfg, path, space, generator, len(points), stage)
+    _run_stage(cfg, path, space, generator, len(points), stage)
 
 
-def make_tuner(cfg: StudyConfig):
+def run_search(cfg: StudyConfig) -> None:
     """The search: Optuna samples the searched keys, each configuration runs `replicates`
-    times (stage "search"), the rest of the trial config is fixed."""
+    times (stage "search"), the rest of the trial config is fixed; for an ablation, its
+    variants instead."""
+    if cfg.ablation is not None:
+        run_ablation_variants(cfg)
+        return
     space = {**search_space(cfg), "stage": "search"}
     searcher = make_searcher(cfg)
     scheduler = None
@@ -480,14 +488,8 @@ def make_tuner(cfg: StudyConfig):
             on_config_stopped=searcher.config_stopped,
             state_path=str(scheduler_state_path(cfg)),
         )
-    return _tuner(cfg, cfg.study_dir, space, searcher, search_total(cfg), "search", scheduler)
-
-
-def search_total(cfg: StudyConfig) -> int:
-    """The trials of the search stage (of an ablation: its variants at the replicate seeds)."""
-    return (
-        len(ablation_points(cfg)) if cfg.ablation is not None else cfg.num_samples * cfg.replicates
-    )
+    total = cfg.num_samples * cfg.replicates
+    _run_stage(cfg, cfg.study_dir, space, searcher, total, "search", scheduler)
 
 
 def scheduler_state_path(cfg: StudyConfig) -> Path:
@@ -526,18 +528,16 @@ def ablation_points(cfg: StudyConfig) -> list[dict[str, Any]]:
     return _replicated(cfg, variants, "search")
 
 
-def make_ablation_tuner(cfg: StudyConfig):
+def run_ablation_variants(cfg: StudyConfig) -> None:
     """The ablation's variants, `replicates` seeds each, in the study's own experiment folder
     where a search's trials would be, so every table treats them as its configurations."""
-    return _fixed_trials_tuner(cfg, cfg.study_dir, ablation_points(cfg), "search")
+    run_fixed_trials(cfg, cfg.study_dir, ablation_points(cfg), "search")
 
 
 def run_baselines(cfg: StudyConfig) -> None:
     """The baselines, `replicates` seeds each, in study_dir/baselines, run or resumed to their
     end."""
-    path = f"{cfg.study_dir}/{BASELINES_DIR}"
-    points = baseline_points(cfg)
-    fit_stage(_fixed_trials_tuner(cfg, path, points, "baselines"), path, len(points), "baselines")
+    run_fixed_trials(cfg, f"{cfg.study_dir}/{BASELINES_DIR}", baseline_points(cfg), "baselines")
 
 
 def write_study_file(cfg: StudyConfig) -> None:
@@ -630,8 +630,7 @@ def run_study(
         write_study_file(cfg)
     cfg = prepare_base(cfg)  # the shared base model, trained or found in the cache
     write_base_record(cfg)
-    tuner = make_tuner(cfg) if cfg.ablation is None else make_ablation_tuner(cfg)
-    fit_stage(tuner, cfg.study_dir, search_total(cfg), "search")
+    run_search(cfg)
     if cfg.baselines:
         run_baselines(cfg)
     out_dir = _local_out_dir(cfg)
