@@ -1,14 +1,15 @@
 """A CIFAR-10 base model on the CPU: the clean test accuracy ERM training reaches, and its time.
 
     python -m benchmarks.cifar_base --data-dir ../shared/data/cifar10-jpeg.tar.gz \
-        --width 16 --epochs 12 --json OUT.json
+        --width 32 --epochs 12 --json OUT.json
 
-Issue 12's target for a `cifar10-cpu` base: at least 80% clean accuracy on the CIFAR-10 test split
-in at most 15 minutes on 2 cores. The base is trained as a study's `base:` section trains it
-(`train_base_locally`: refine() with one round of ERM, the loop's learning-rate schedule, flip and
-translate augmentation), in this process with `--threads` threads; then its clean accuracy is
-measured in eval mode on all 10,000 test images. `--probe-steps N` times N training steps of each
-`--width` instead (images per second, for choosing a width and an epoch count that fit the budget).
+The project's target for a `cifar10-cpu` base: at least 80% clean accuracy on the CIFAR-10 test
+split in at most 15 minutes on 2 cores (docs/benchmarks.md, "CIFAR-10 on the CPU"). The base is
+trained as a study's `base:` section trains it (`train_base_locally`: refine() with one round of
+ERM, the loop's learning-rate schedule, flip and translate augmentation), in this process with
+`--threads` threads; then its clean accuracy is measured in eval mode on all 10,000 test images.
+`--probe-steps N` times N training steps of each `--width` instead (images per second, for
+choosing a width and an epoch count that fit the budget).
 """
 
 import argparse

@@ -1,13 +1,14 @@
-"""Per-trial overhead of Ray: one trial through Tune and Train vs the same loop called directly.
+"""Per-trial overhead of Ray: one trial through Tune (and Train) vs the same loop called directly.
 
     python -m benchmarks.ray_overhead --preset digits --json OUT.json
+    python -m benchmarks.ray_overhead --preset digits --num-workers 1   # a Ray Train worker
     python -m benchmarks.ray_overhead --preset cifar10 --data-dir ../shared/data --gpus-per-trial 1
 
 Same trial config both ways: the preset's fixed values, nothing searched.
 Direct: `refine` in this process, LIME in-process. Through Ray: `run_study` with one trial (one
 replicate, no baselines, no confirmation) on an already started Ray instance (its start-up is
-reported apart), LIME where the preset puts it (digits: in the Train worker; cifar10: on the
-trial's Ray actor).
+reported apart), in the preset's trial mode (`num_workers`; digits: 0, the loop in the Tune
+trial's own process) or the one given, LIME where the preset puts it.
 """
 
 import argparse
@@ -28,12 +29,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--preset", default="digits", choices=sorted(PRESETS))
     p.add_argument("--data-dir", help="CIFAR data (see `python -m study.sweep --help`)")
     p.add_argument("--gpus-per-trial", type=float, help="default: 0 (CPU)")
+    p.add_argument("--num-workers", type=int, help="trial mode (default: the preset's)")
     p.add_argument("--address", default="local", help="Ray cluster to use (default: a new one)")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
 
     storage = tempfile.mkdtemp(prefix="ray-overhead-")
     trial = {"data_dir": args.data_dir} if args.data_dir else {}
+    if args.num_workers is not None:
+        trial["num_workers"] = args.num_workers
     # Nothing searched: Tune still needs a space, so "search" one value of the seed.
     fixed = {k: None for k in PRESETS[args.preset]["search"]} | {
         "seed": {"type": "choice", "values": [0]}
@@ -62,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = {
         "preset": args.preset,
+        "num_workers": cfg.trial.num_workers,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "direct_s": round(direct, 2),
         "tune_train_s": round(through_ray, 2),

@@ -48,6 +48,8 @@ from trainables.config import make_trial_config
 from trainables.data import DataError, load_splits
 
 TRAIN_RUNS_DIR = "train_runs"
+# How often Tune restarts an in-process trial whose process died (as Train does its workers).
+TRIAL_RETRIES = 2
 RESULT_FILES = ("trials.csv", "configs.csv", "pareto.csv", "pareto.png")
 LOG_FILE = "study.log"  # Ray's, Tune's and PyTorch's own output, unless --verbose
 # Reported beside the objectives: the parts of the worst-case robust accuracy.
@@ -174,7 +176,7 @@ def with_gpus_per_trial(cfg: StudyConfig, gpus: float | None) -> StudyConfig:
     if gpus is None:
         return cfg
     t = cfg.trial
-    holders = t.num_workers * (2 if t.method == "lime_refine" and t.lime_actors else 1)
+    holders = max(1, t.num_workers) * (2 if t.method == "lime_refine" and t.lime_actors else 1)
     each = gpus / holders
     if not 0 < gpus <= 1024 or (each > 1 and not each.is_integer()):
         raise ConfigError(
@@ -332,14 +334,14 @@ def make_searcher(cfg: StudyConfig):
 
 
 def trial_resources(cfg: StudyConfig) -> dict[str, float]:
-    """What one trial holds: its Train workers and each worker's LIME actors (which together
-    hold one more worker's share of GPU, see trainables.worker.train_loop_per_worker)."""
+    """What one trial holds in all: its process or Train workers, and their LIME actors."""
     t = cfg.trial
     lime = t.method == "lime_refine" and t.lime_actors > 0
+    processes = max(1, t.num_workers)  # in-process (num_workers 0): the trial's own process
     return {
-        "CPU": t.num_workers
+        "CPU": processes
         * (t.cpus_per_worker + (t.lime_actors * t.cpus_per_lime_actor if lime else 0)),
-        "GPU": t.num_workers * t.gpus_per_worker * (2 if lime else 1),
+        "GPU": processes * t.gpus_per_worker * (2 if lime else 1),
     }
 
 
@@ -376,15 +378,13 @@ def resource_shortfall(cfg: StudyConfig, cluster: dict[str, float]) -> str | Non
 def _trainable(cfg: StudyConfig):
     from ray import tune
 
-    from trainables.trial import run_trial
+    from trainables import trial
 
     trainable = tune.with_parameters(
-        run_trial, train_storage=f"{cfg.study_dir.rstrip('/')}/{TRAIN_RUNS_DIR}"
+        trial.run_trial, train_storage=f"{cfg.study_dir.rstrip('/')}/{TRAIN_RUNS_DIR}"
     )
-    # The trial function only waits on its Train run, whose workers and actors hold the CPUs
-    # and GPUs; it reserves no CPU (only a little memory, as Tune refuses an empty request), so
-    # trial drivers never starve their own workers.
-    return tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024**2})
+    bundles = trial.trial_resources(cfg.trial)
+    return tune.with_resources(trainable, tune.PlacementGroupFactory(bundles))
 
 
 # What the console shows per finished trial of each stage: the search's objectives, and for the
@@ -435,7 +435,12 @@ def _run_stage(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=0),
+                # In-process trials: a process that died is retried from its last round (a
+                # Train run retries its own workers; trainables/trial.py).
+                failure_config=tune.FailureConfig(
+                    max_failures=TRIAL_RETRIES if cfg.trial.num_workers == 0 else 0
+                ),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[_console_callback(cfg, stage, num_samples)],
                 **(QUIET_TUNE_RUN_CONFIG if logs_redirected() else {}),
             ),

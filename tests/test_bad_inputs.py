@@ -55,7 +55,10 @@ def _yaml(tmp_path, data) -> str:
 @pytest.mark.parametrize(
     "data, fragment",
     [
-        ({"trial": {"num_workers": 0}}, "trial.num_workers"),
+        ({"trial": {"num_workers": -1}}, "trial.num_workers"),
+        ({"trial": {"num_workers": 1.5}}, "trial.num_workers"),
+        ({"trial": {"num_workers": 0, "gpus_per_worker": 2}}, "at most 1 GPU"),
+        ({"trial": {"num_workers": 2, "gpus_per_worker": 0.5}}, "Duplicate GPU"),
         ({"trial": {"cpus_per_worker": "two"}}, "trial.cpus_per_worker"),
         ({"trial": {"gpus_per_worker": -1}}, "trial.gpus_per_worker"),
         ({"trial": {"batch_size": 10**9}}, "trial.batch_size"),

@@ -1,6 +1,8 @@
-"""Faults a cluster has, each on real processes: a Train worker or the driver killed with SIGKILL,
-the driver stopped with Ctrl-C (SIGINT),
-a trial that diverges or runs out of memory, and a truncated or corrupted checkpoint."""
+"""Faults a cluster has, each on real processes: a trial's process (an in-process trial's Tune
+actor, or a Train worker) or the driver killed with SIGKILL, the driver stopped with Ctrl-C
+(SIGINT), a trial that diverges or runs out of memory, and a truncated or corrupted checkpoint.
+Every study-level fault runs in both trial modes: `num_workers` 0 (the loop in the Tune trial's
+own process) and 1 (a Ray Train worker)."""
 
 import json
 import os
@@ -16,7 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from tests.test_multinode import TEST_ENV, RayNode, sweep, write_config
+from tests.test_multinode import LOOP_ACTOR, TEST_ENV, RayNode, sweep, write_config
 from trainables.worker import CheckpointError, load_state, restore_state, save_state
 
 
@@ -58,12 +60,15 @@ def _start_sweep(*args: str) -> subprocess.Popen:
     )
 
 
-def _alive_train_worker_pid(head: RayNode) -> int | None:
+modes = pytest.mark.parametrize("num_workers", [0, 1], ids=["in-process", "train-worker"])
+
+
+def _alive_loop_pid(head: RayNode, num_workers: int) -> int | None:
     from ray.util.state import list_actors
 
     actors = list_actors(
         address=f"http://127.0.0.1:{head.dashboard_port}",
-        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        filters=[("class_name", "=", LOOP_ACTOR[num_workers]), ("state", "=", "ALIVE")],
         detail=True,
         raise_on_missing_output=False,
     )
@@ -71,8 +76,9 @@ def _alive_train_worker_pid(head: RayNode) -> int | None:
 
 
 @pytest.mark.slow  # a 6-round trial killed and resumed: ~1 min on 2 cores
-def test_killed_train_worker_resumes_from_its_last_checkpoint(head, tmp_path):
-    config = write_config(tmp_path / "c.yaml", rounds=6)
+@modes
+def test_killed_trial_process_resumes_from_its_last_checkpoint(head, tmp_path, num_workers):
+    config = write_config(tmp_path / "c.yaml", rounds=6, num_workers=num_workers)
     storage = tmp_path / "s"
     proc = _start_sweep(
         "--config", str(config), "--num-samples", "1", "--name", "wk",
@@ -85,7 +91,7 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint(head, tmp_path):
             400,
             "first round",
         )
-        pid = _wait_for(lambda: _alive_train_worker_pid(head), 30, "Train worker")
+        pid = _wait_for(lambda: _alive_loop_pid(head, num_workers), 30, "trial process")
         os.kill(pid, signal.SIGKILL)
         killed_after = len(_results(trial_dir))
         console, _ = proc.communicate(timeout=300)
@@ -100,8 +106,11 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint(head, tmp_path):
 
 
 @pytest.mark.slow  # three trials one at a time, then a resume: ~2-5 min on 2 shared cores
-def test_killed_driver_resumes_with_finished_trials_and_optuna_state_kept(head, tmp_path):
-    config = write_config(tmp_path / "c.yaml")
+@modes
+def test_killed_driver_resumes_with_finished_trials_and_optuna_state_kept(
+    head, tmp_path, num_workers
+):
+    config = write_config(tmp_path / "c.yaml", num_workers=num_workers)
     storage = tmp_path / "s"
     study = storage / "dk"
     proc = _start_sweep(
@@ -143,13 +152,16 @@ def test_killed_driver_resumes_with_finished_trials_and_optuna_state_kept(head, 
 
 @pytest.mark.slow  # 1 + 1 trials, then 2 x 2 confirmation trials, a stop and a resume: ~4 min each
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+@modes
 def test_driver_stopped_during_confirmation_resumes_without_redoing_finished_trials(
-    head, tmp_path, sig
+    head, tmp_path, sig, num_workers
 ):
     """SIGKILL: the driver dies. SIGINT (Ctrl-C): Tune stops the stage and saves it, and the
     study stops too, with exit code 130 and the resume command, writing no answer."""
     config = tmp_path / "c.yaml"
-    trial = json.loads(write_config(tmp_path / "t.yaml").read_text())["trial"]
+    trial = json.loads(write_config(tmp_path / "t.yaml", num_workers=num_workers).read_text())[
+        "trial"
+    ]
     config.write_text(
         json.dumps({"baselines": ["pgd_at"], "replicates": 1, "confirm_seeds": 2, "trial": trial})
     )
@@ -189,7 +201,10 @@ def test_driver_stopped_during_confirmation_resumes_without_redoing_finished_tri
 
 
 @pytest.mark.slow  # two trials, one diverging: ~1 min on 2 cores
-def test_diverging_trial_errors_with_its_reason_and_the_study_completes(head, tmp_path):
+@modes
+def test_diverging_trial_errors_with_its_reason_and_the_study_completes(
+    head, tmp_path, num_workers
+):
     config = tmp_path / "c.yaml"
     config.write_text(
         json.dumps(
@@ -198,7 +213,9 @@ def test_diverging_trial_errors_with_its_reason_and_the_study_completes(head, tm
                 "baselines": [],
                 "replicates": 1,
                 "confirm_seeds": 0,
-                "trial": json.loads(write_config(tmp_path / "t.yaml").read_text())["trial"],
+                "trial": json.loads(
+                    write_config(tmp_path / "t.yaml", num_workers=num_workers).read_text()
+                )["trial"],
                 "search": {
                     "mask_ratio": None,
                     "reg_weight": None,
@@ -220,6 +237,12 @@ def test_diverging_trial_errors_with_its_reason_and_the_study_completes(head, tm
     assert "TrialError: diverged: loss became" in trials.loc[10.0, "error"]
     assert "lower lr" in trials.loc[10.0, "error"]
     assert trials.loc[0.05, "status"] == "TERMINATED" and trials.loc[0.05, "round"] == 3
+    if num_workers == 0:  # Tune's retries end at once with the recorded reason: no round re-run
+        (trial_dir,) = [
+            d for d in (storage / "nan").glob("trial_*") if (d / "trial_error.txt").exists()
+        ]
+        assert (trial_dir / "trial_error.txt").read_text().startswith("diverged: loss became")
+        assert not _results(trial_dir)  # it diverged in round 1 and never reported
 
 
 def test_out_of_memory_is_a_clear_error(tmp_path):

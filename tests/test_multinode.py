@@ -34,6 +34,11 @@ TINY_TRIAL = {
 }
 
 
+# The actor class that runs a trial's loop in each mode: Tune's function trainable (named after
+# the trial function), or Ray Train's worker.
+LOOP_ACTOR = {0: "run_trial", 1: "RayTrainWorker"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -122,13 +127,14 @@ def write_config(path: Path, **trial) -> Path:
     return path
 
 
-def train_worker_nodes(dashboard_port: int) -> list[str]:
-    """Node ids of every Ray Train worker the cluster ran (alive or finished)."""
+def loop_nodes(dashboard_port: int, num_workers: int) -> list[str]:
+    """Node ids of every process that ran a trial's loop (alive or finished): Tune's trial actors
+    for in-process trials, Ray Train's workers otherwise."""
     from ray.util.state import list_actors
 
     actors = list_actors(
         address=f"http://127.0.0.1:{dashboard_port}",
-        filters=[("class_name", "=", "RayTrainWorker")],
+        filters=[("class_name", "=", LOOP_ACTOR[num_workers])],
         detail=True,
         raise_on_missing_output=False,
     )
@@ -152,9 +158,13 @@ def two_nodes():
 
 
 @pytest.mark.slow  # two `ray start` nodes and a sweep: ~2 min on 2 cores
-def test_sweep_runs_trials_on_both_nodes(two_nodes, tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 1], ids=["in-process", "train-worker"])
+def test_sweep_runs_trials_on_both_nodes(two_nodes, tmp_path, num_workers):
     head, _ = two_nodes
-    config = write_config(tmp_path / "tiny.yaml", cpus_per_worker=1.5, cpus_per_lime_actor=0.5)
+    config = write_config(
+        tmp_path / "tiny.yaml", cpus_per_worker=1.5, cpus_per_lime_actor=0.5,
+        num_workers=num_workers,
+    )  # fmt: skip
     storage = tmp_path / "shared"  # one machine: both nodes see this path
     start = time.perf_counter()
     out = sweep(
@@ -164,7 +174,7 @@ def test_sweep_runs_trials_on_both_nodes(two_nodes, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     trials = (storage / "two" / "trials.csv").read_text().splitlines()
     assert len(trials) == 3 and all("TERMINATED" in row for row in trials[1:])
-    nodes = train_worker_nodes(head.dashboard_port)
+    nodes = loop_nodes(head.dashboard_port, num_workers)
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes  # one trial on each node
     print(f"two-node sweep: {time.perf_counter() - start:.0f} s")
 

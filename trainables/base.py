@@ -238,7 +238,7 @@ def load_base_weights(uri: str) -> dict[str, torch.Tensor]:
     if hashlib.sha256(data).hexdigest() != expected:
         raise BaseModelError(f"base model {uri}: fails its SHA-256 (truncated or corrupted)")
     try:
-        state = torch.load(io.BytesIO(data), weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         first_line = (str(e) or type(e).__name__).splitlines()[0]
         raise BaseModelError(

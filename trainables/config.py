@@ -67,7 +67,7 @@ class TrialConfig:
     lime_samples: int = 300
     lime_backend: str = "lime"
     segmentation: str = "auto"
-    lime_actors: int = 1  # 0: explain inside the Train worker (one process less per trial)
+    lime_actors: int = 1  # 0: explain in the trial's own process or Train worker
     cpus_per_lime_actor: float = 1.0
     # feature masking
     mask_ratio: float = 0.25
@@ -114,7 +114,8 @@ class TrialConfig:
     config_id: str = ""
     replicate: int = 0
     stage: str = "search"
-    # resources
+    # resources: num_workers 0 runs the loop in the Tune trial's own process; N >= 1 runs a Ray
+    # Train worker group of N (data parallel; trainables/trial.py)
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
@@ -170,7 +171,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "attr_images": (lambda v: 0 <= v <= 10_000, "must be in [0, 10000]"),
     "attr_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
     "attr_restarts": (lambda v: 1 <= v <= 100, "must be in [1, 100]"),
-    "num_workers": (lambda v: 1 <= v <= 1024, "must be in [1, 1024]"),
+    "num_workers": (
+        lambda v: 0 <= v <= 1024,
+        "must be in [0, 1024] (0 = in the Tune trial's own process)",
+    ),
     "cpus_per_worker": (lambda v: 0 < v <= 256, "must be in (0, 256]"),
     "gpus_per_worker": (lambda v: 0 <= v <= 16, "must be in [0, 16]"),
     "seed": (lambda v: 0 <= v < 2**32, "must be in [0, 2**32)"),
@@ -252,6 +256,7 @@ def make_trial_config(values: dict[str, Any]) -> TrialConfig:
             require_frost()
         except RuntimeError as e:
             raise ConfigError(f"trial.cifar10c_images: {e}") from e
+    _check_gpu_layout(cfg)
     train_size = TRAIN_SIZES[cfg.dataset]
     if cfg.val_size is not None and cfg.val_size >= train_size - 100:
         raise ConfigError(
@@ -259,3 +264,19 @@ def make_trial_config(values: dict[str, Any]) -> TrialConfig:
             f"leave at least 100 of them for training, got {cfg.val_size}"
         )
     return cfg
+
+
+def _check_gpu_layout(cfg: TrialConfig) -> None:
+    """GPU shares the loop can use: one device per process (the trial's own, or each worker's)."""
+    g = cfg.gpus_per_worker
+    if cfg.num_workers == 0 and g > 1:
+        raise ConfigError(
+            f"trial.gpus_per_worker: an in-process trial (num_workers 0) runs on one device, "
+            f"so it can use at most 1 GPU, got {g:g}; set num_workers to the number of GPUs"
+        )
+    if cfg.num_workers > 1 and 0 < g < 1:
+        raise ConfigError(
+            f"trial.gpus_per_worker: {cfg.num_workers} workers with {g:g} GPU each would be "
+            "packed onto one physical GPU, where NCCL fails ('Duplicate GPU detected'); give "
+            "each worker a whole GPU, or use num_workers 0 or 1 to share a GPU between trials"
+        )

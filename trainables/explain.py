@@ -277,6 +277,10 @@ def explain_images(
     return out
 
 
+class ExplainerStartError(RuntimeError):
+    """The LIME actors found no resources to start on."""
+
+
 @ray.remote
 class _ExplainerActor:
     """Holds one model copy; explains chunks with the settings fixed at creation."""
@@ -290,6 +294,9 @@ class _ExplainerActor:
     def set_weights(self, state_dict: dict) -> None:
         self.model.load_state_dict(state_dict)
 
+    def ready(self) -> bool:
+        return True
+
     def explain(self, images, labels, segments, first_index: int) -> list[Explanation]:
         return explain_images(
             self.model, images, labels, segments, first_index=first_index, **self.settings
@@ -299,9 +306,12 @@ class _ExplainerActor:
 class ExplainerPool:
     """Long-lived Ray actors holding a copy of the model; explain a pool in chunks, in input order.
 
-    Works from a driver and from inside another actor (a Ray Train worker); the actors need CPUs
-    (or GPU fractions) of their own beyond the Train workers'. An actor that dies mid-pool is
-    replaced (with the current weights) and its chunk retried.
+    Works from a driver and from inside another actor (a Ray Train worker or a Tune trial); the
+    actors need CPUs (or GPU fractions) of their own. `in_caller_placement_group`: start them in
+    the caller's placement group (a Tune trial that reserved bundles for them), else outside
+    any. Actors that cannot start within `start_timeout` seconds (a full cluster) raise
+    ExplainerStartError rather than wait forever. An actor that dies mid-pool is replaced (with
+    the current weights) and its chunk retried.
     """
 
     def __init__(
@@ -316,6 +326,8 @@ class ExplainerPool:
         gpus_per_actor: float = 0.0,
         batch_size: int = 256,
         chunk_size: int = 32,
+        in_caller_placement_group: bool = False,
+        start_timeout: float = 600.0,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -327,15 +339,19 @@ class ExplainerPool:
         )
         # "DEFAULT" keeps the actors out of the caller's placement group: a Ray Train worker's
         # bundle holds exactly the worker, so captured actors would wait for it forever. The
-        # study reserves their share when it decides how many trials run at once.
+        # study reserves their share when it decides how many trials run at once. None: Ray's
+        # default, which places an actor started inside a placement group in that group.
         self._options = dict(
-            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, scheduling_strategy="DEFAULT"
+            num_cpus=cpus_per_actor,
+            num_gpus=gpus_per_actor,
+            scheduling_strategy=None if in_caller_placement_group else "DEFAULT",
         )
         self._threads = max(1, int(cpus_per_actor))
         self._chunk_size = chunk_size
         self._weights = None  # object ref of the latest state dict, for replacement actors
         self.replaced = 0  # actors replaced after dying
         self._actors = [self._start_actor() for _ in range(num_actors)]
+        self._wait_started(start_timeout)
 
     def _start_actor(self):
         actor = _ExplainerActor.options(**self._options).remote(
@@ -344,6 +360,18 @@ class ExplainerPool:
         if self._weights is not None:
             actor.set_weights.remote(self._weights)  # runs before any chunk sent later
         return actor
+
+    def _wait_started(self, timeout: float) -> None:
+        pending = [a.ready.remote() for a in self._actors]
+        _, not_started = ray.wait(pending, num_returns=len(pending), timeout=timeout)
+        if not_started:
+            self.shutdown()
+            raise ExplainerStartError(
+                f"{len(not_started)} of {len(pending)} LIME actors did not start within "
+                f"{timeout:g} s: the cluster has no free {self._options['num_cpus']:g} CPU / "
+                f"{self._options['num_gpus']:g} GPU for each; lower --max-concurrent-trials, "
+                "add nodes, or set lime_actors: 0 to explain in the trial's own process"
+            )
 
     def update_weights(self, state_dict: dict) -> None:
         """New weights for every actor, put in the object store once."""

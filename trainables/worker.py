@@ -1,8 +1,9 @@
 """The Ray Train side of a trial: what runs inside the Train worker, and the checkpoint files.
 
-`train_loop_per_worker` runs `refine` (trainables/refine.py) with the explanation pool on Ray
-actors and reports each round to Train with a checkpoint: state.pt and its SHA-256, read back
-with weights_only=True and, when the newest is unreadable, from the one before it.
+`run_refinement` runs `refine` (trainables/refine.py), resumed from a checkpoint, with the
+explanation pool on Ray actors when asked; `train_loop_per_worker` runs it in a Ray Train worker.
+Each round's checkpoint is state.pt and its SHA-256, read back with weights_only=True (onto the
+CPU, wherever it was saved) and, when the newest is unreadable, from the one before it.
 """
 
 import hashlib
@@ -12,6 +13,7 @@ import os
 import pickle
 import posixpath
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -66,7 +68,7 @@ def load_state(directory: str) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {directory}: {CHECKPOINT_FILE} fails its SHA-256 "
                               "(truncated or corrupted)")  # fmt: skip
     try:
-        return torch.load(io.BytesIO(data), weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         first_line = str(e).splitlines()[0]
         raise CheckpointError(
@@ -104,21 +106,23 @@ def restore_state(checkpoint) -> dict[str, Any] | None:
     raise CheckpointError("no readable checkpoint: " + " | ".join(errors))
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker: the refinement loop with LIME on a pool of Ray actors."""
-    import ray.train
-    import ray.train.torch
+def run_refinement(cfg, checkpoint, publish: Callable, device: torch.device) -> str | None:
+    """The refinement loop of one trial, resumed from `checkpoint`, with LIME on a pool of Ray
+    actors when `lime_actors` > 0. Each round goes to `publish(metrics, state)` (state: the
+    checkpoint to keep, None for none). Returns the one-line reason when the trial cannot finish
+    (divergence, out of memory, or such an end already checkpointed), else None. Any other error
+    propagates: the caller's retry resumes from the last checkpoint.
 
-    cfg = make_trial_config(config)
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    device = ray.train.torch.get_device()
-    rank = ray.train.get_context().get_world_rank()
-
-    state = restore_state(ray.train.get_checkpoint())
-    if state is not None and ("trial_error" in state or state["round"] + 1 >= cfg.rounds):
-        # Finished (or failed) before the study was interrupted: report the same end again.
-        ray.train.report(json.loads(state["metrics"]))
-        return
+    Shared by both trial modes (trainables/trial.py): a Ray Train worker, and the Tune trial's
+    own process (`num_workers: 0`), which differ only in `publish` and where the checkpoint lives.
+    """
+    state = restore_state(checkpoint)
+    if state is not None and "trial_error" in state:
+        return state["trial_error"]
+    if state is not None and state["round"] + 1 >= cfg.rounds:
+        # Finished before the study was interrupted: report the same end again.
+        publish(json.loads(state["metrics"]), None)
+        return None
 
     splits = load_trial_splits(cfg)
     pool, explain = None, None  # None: refine explains in this process
@@ -130,7 +134,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             num_samples=cfg.lime_samples,
             seed=cfg.seed,
             cpus_per_actor=cfg.cpus_per_lime_actor,
-            gpus_per_actor=cfg.gpus_per_worker / cfg.lime_actors if cfg.gpus_per_worker else 0.0,
+            gpus_per_actor=lime_actor_gpus(cfg),
+            # In-process trials reserve the actors' bundles in their own placement group; a
+            # Train worker's bundle holds exactly the worker, so its actors go outside it.
+            in_caller_placement_group=cfg.num_workers == 0,
         )
 
         def explain(model, images, labels, segments):
@@ -138,21 +145,44 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return pool.explain(images, labels, segments)
 
     def report(metrics, state):
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                save_state({**state, "metrics": json.dumps(metrics, default=float)}, d)
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        publish(metrics, {**state, "metrics": json.dumps(metrics, default=float)})
 
     try:
         refine(cfg, explain=explain, report=report, state=state, splits=splits, device=device)
     except Exception as e:
         reason = fatal_reason(e)
         if reason is None:
-            raise  # Ray Train retries it from the last checkpoint
-        # Checkpointed, so Train's result carries it to run_trial, which raises it unretried.
-        report({"trial_error": reason}, {"trial_error": reason})
+            raise
+        return reason
     finally:
         if pool is not None:
             pool.shutdown()
+    return None
+
+
+def lime_actor_gpus(cfg) -> float:
+    """Each LIME actor's GPU share: together the actors hold one more worker's share."""
+    return cfg.gpus_per_worker / cfg.lime_actors if cfg.gpus_per_worker and cfg.lime_actors else 0.0
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker (`num_workers` >= 1): every rank runs the loop, rank 0 checkpoints."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = make_trial_config(config)
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    rank = ray.train.get_context().get_world_rank()
+
+    def publish(metrics, state):
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0 and state is not None:
+                save_state(state, d)
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    reason = run_refinement(cfg, ray.train.get_checkpoint(), publish, ray.train.torch.get_device())
+    if reason is not None:
+        # Checkpointed, so Train's result carries it to run_trial, which raises it unretried.
+        publish({"trial_error": reason}, {"trial_error": reason})
