@@ -8,7 +8,8 @@ comparison shows whether the direction of the effect reproduces, not the exact n
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.results import BASELINES, CONFIRMATION_DIR, METHOD_LABEL, completed, searched_trials
+from analysis.results import BASELINES, METHOD_LABEL, completed, searched_trials
+from study.store import CONFIRMATION_DIR
 
 PAPER_SOURCE = "arXiv 2412.18952 (CIFAR-10)"
 # model -> (clean accuracy, adversarial accuracy), fractions as the study stores them

@@ -279,10 +279,3 @@ def config_front_figure(
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     ax.set_title(title or "Configurations by their mean over replicates", fontsize=11)
     return fig
-
-
-def plot_config_front(
-    configs: pd.DataFrame, objectives: dict[str, str], path: str | os.PathLike, *, title=None
-) -> None:
-    """Save config_front_figure() to path."""
-    config_front_figure(configs, objectives, title=title).savefig(path, dpi=150)

@@ -33,19 +33,26 @@ from analysis.plots import (
     to_png,
 )
 from analysis.results import (
-    ABLATION_FILE,
-    ANSWER_FILE,
     BASELINES,
-    CONFIRMATION_DIR,
     completed,
     load_study_settings,
     load_trials,
     objectives_of,
-    read_table,
     searched_trials,
-    write_text,
 )
 from analysis.tables import interval_cell
+from study.store import (
+    ABLATION_FILE,
+    ANSWER_FILE,
+    CONFIGS_FILE,
+    CONFIRMATION_DIR,
+    CONFIRMED_FILE,
+    PARETO_FILE,
+    REPORT_FILE,
+    SELECTION_BIAS_FILE,
+    TRIALS_FILE,
+    StudyStore,
+)
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -246,8 +253,9 @@ def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) 
     stopped trials and the selection bias; [] for a study without the sweep's tables."""
     objectives = objectives_of(settings)
     searched = list(settings.get("search") or {})
-    files = ("configs.csv", "pareto.csv", "confirmed.csv", "selection_bias.csv")
-    tables = [read_table(study_dir, f, name) for f in (*files, ANSWER_FILE, ABLATION_FILE)]
+    files = (CONFIGS_FILE, PARETO_FILE, CONFIRMED_FILE, SELECTION_BIAS_FILE)
+    store = StudyStore(study_dir)
+    tables = [store.read_table(f) for f in (*files, ANSWER_FILE, ABLATION_FILE)]
     configs, front, confirmed, bias, answer, ablation = tables
     stopped = trials[trials["status"] == "STOPPED"] if "status" in trials else trials.iloc[:0]
     if all(t is None for t in tables) and stopped.empty:
@@ -360,7 +368,7 @@ def build_report(study_dir: str | os.PathLike) -> str:
     settings = load_study_settings(study_dir)
     objectives = objectives_of(settings)
     name = settings.get("name") or os.path.basename(os.fspath(study_dir).rstrip("/"))
-    all_trials = mark_stopped(load_trials(study_dir), read_table(study_dir, "trials.csv", name))
+    all_trials = mark_stopped(load_trials(study_dir), StudyStore(study_dir).read_table(TRIALS_FILE))
     trials = search_stage(all_trials)  # the validation fronts: no confirmation trial
     done = completed(trials)
     method_done = searched_trials(done)
@@ -443,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             f.write(text)
         path = args.out
     else:
-        path = write_text(args.study_dir, "report.html", text)
+        path = StudyStore(args.study_dir).write_text(REPORT_FILE, text)
     print(f"report: {path}")
     return 0
 

@@ -1,36 +1,23 @@
 """Load a study directory (Ray Tune's files plus the sweep's study.json) into pandas, without Ray.
 
-A study directory is read through a pyarrow filesystem, so a local path, ``s3://``/``gs://``
-(pyarrow's own filesystems) and any fsspec URI (``memory://``, ...) all work the same way.
+A study directory is read through study/store.py (its file names and filesystems), so a local
+path, ``s3://``/``gs://`` (pyarrow's own filesystems) and any fsspec URI (``memory://``, ...)
+all work the same way.
 Trial status comes from Tune's newest ``experiment_state-*.json``; metrics come from each trial's
 ``result.json``, which Tune appends to as results arrive (the state file is only written
 periodically). The Tune experiments in the study directory and in its direct subfolders are all
 read, so baselines run as a separate Tune experiment inside the study are picked up too.
 """
 
-import io
 import json
 import os
 import posixpath
-from pathlib import Path
 
-import fsspec
 import pandas as pd
-import pyarrow as pa
 import pyarrow.fs as pafs
 
-# The study's own files (study/sweep.py, study/confirm.py, study/scheduler.py write them), named
-# here, without Ray or torch, so a status query or a notebook reads them by the same names.
-STUDY_FILE = "study.json"
-PLAN_FILE = "confirmation_plan.json"
-ANSWER_FILE = "answer.csv"  # the confirmation writes it last
-ABLATION_FILE = "ablation.csv"  # an ablation's variants against its full setting
-SCHEDULER_STATE_FILE = "scheduler_state.json"
-# ... and the folders of its Tune experiments beside the search's own.
-BASELINES_DIR = "baselines"
-CONFIRMATION_DIR = "confirmation"
+from study.store import DEFAULT_OBJECTIVES, STUDY_FILE, open_fs
 
-DEFAULT_OBJECTIVES = {"clean_acc": "max", "robust_acc": "max"}
 METHOD = "lime_refine"
 METHOD_LABEL = "LIME-guided refinement"
 BASELINES = {
@@ -56,18 +43,6 @@ FIRST_COLUMNS = [
     "time_total_s",
     "node_ip",
 ]
-
-
-def open_study_fs(study_dir: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the study's path inside it, for a local path or a URI."""
-    path = os.fspath(study_dir)
-    if "://" not in path:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-    try:
-        return pafs.FileSystem.from_uri(path)
-    except pa.ArrowInvalid:  # a scheme pyarrow lacks: fsspec knows more of them
-        fs, inner = fsspec.core.url_to_fs(path)
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
 
 
 def _read_text(fs: pafs.FileSystem, path: str) -> str:
@@ -113,7 +88,7 @@ def _scan(study_dir: str | os.PathLike) -> tuple[pafs.FileSystem, dict[str, dict
     Experiments are the study directory and its direct subfolders holding an experiment_state
     file (e.g. baselines run separately).
     """
-    fs, root = open_study_fs(study_dir)
+    fs, root = open_fs(study_dir)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"study directory not found: {study_dir}")
     files = _list_files(fs, root, depth=3)
@@ -213,7 +188,7 @@ def searched_trials(df: pd.DataFrame) -> pd.DataFrame:
 
 def load_study_settings(study_dir: str | os.PathLike) -> dict:
     """The sweep's study.json ({} for a plain Tune experiment that has none)."""
-    fs, root = open_study_fs(study_dir)
+    fs, root = open_fs(study_dir)
     path = posixpath.join(root, STUDY_FILE)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return {}
@@ -232,33 +207,3 @@ def latest_study(storage: str | os.PathLike) -> str:
 def objectives_of(settings: dict) -> dict[str, str]:
     """The study's objectives and directions, defaulting to clean and robust accuracy."""
     return dict(settings.get("objectives") or DEFAULT_OBJECTIVES)
-
-
-def write_text(study_dir: str | os.PathLike, name: str, text: str | bytes) -> str:
-    """Write a file into the study directory (local or remote); returns its path there."""
-    fs, root = open_study_fs(study_dir)
-    path = posixpath.join(root, name)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-    return path
-
-
-def read_table(
-    study_dir: str | os.PathLike, file: str, name: str | None = None
-) -> pd.DataFrame | None:
-    """A table the sweep wrote (configs.csv, answer.csv, ...) from the study directory, local or
-    remote; for a remote study also ./results/NAME, where the sweep writes them then. None when
-    absent (an older study, or a stage not reached), an empty frame when the file is empty."""
-    fs, root = open_study_fs(study_dir)
-    path = posixpath.join(root, file)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        local = Path("results") / name / file if name else None
-        if "://" not in os.fspath(study_dir) or local is None or not local.is_file():
-            return None
-        fs, path = pafs.LocalFileSystem(), str(local.resolve())
-    with fs.open_input_stream(path) as f:
-        data = f.read()
-    try:
-        return pd.read_csv(io.BytesIO(data))
-    except pd.errors.EmptyDataError:  # an empty front is written as a header-less file
-        return pd.DataFrame()

@@ -11,7 +11,7 @@ import math
 import os
 import zlib
 
-from analysis.results import STUDY_FILE
+from study.store import STUDY_FILE
 
 SEARCH = {
     "mask_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},

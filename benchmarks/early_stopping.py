@@ -42,8 +42,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.pareto import hypervolume, pareto_mask
-from analysis.results import ANSWER_FILE, BASELINES, CONFIRMATION_DIR, STUDY_FILE
+from analysis.results import BASELINES
 from benchmarks.output import benchmark_command, write_results
+from study.store import ANSWER_FILE, CONFIRMATION_DIR, STUDY_FILE
 
 SCHEDULERS: dict[str, dict[str, Any]] = {
     "fifo": {"type": "fifo"},

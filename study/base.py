@@ -6,11 +6,11 @@ decides which bases a study needs and points its trials at them.
 """
 
 import dataclasses
-import json
 from collections.abc import Callable
 
 from study.config import StudyConfig, confirm_seed
 from study.console import console_stream
+from study.store import BASE_RECORD, TRAIN_RUNS_DIR, StudyStore, join
 from trainables.base import (
     BaseTrainer,
     base_trial_config,
@@ -18,8 +18,6 @@ from trainables.base import (
     ensure_base,
 )
 from trainables.config import TrialConfig, make_trial_config
-
-BASE_RECORD = "base.json"  # in the study directory: the base the study's trials refine
 
 
 def study_data_fingerprint(cfg: StudyConfig) -> str:
@@ -32,10 +30,9 @@ def study_data_fingerprint(cfg: StudyConfig) -> str:
 
 def ray_trainer(cfg: StudyConfig) -> BaseTrainer:
     """Bases train as Ray Train runs, their checkpoints under the study's train_runs."""
-    from study.sweep import TRAIN_RUNS_DIR
-    from trainables.trial import run_base
+    from trainables.trial import run_base  # Ray Train: only when a base is trained
 
-    storage = f"{cfg.study_dir.rstrip('/')}/{TRAIN_RUNS_DIR}"
+    storage = join(cfg.study_dir, TRAIN_RUNS_DIR)
     return lambda base_cfg: run_base(base_cfg, storage)
 
 
@@ -75,12 +72,8 @@ def write_base_record(cfg: StudyConfig) -> None:
     """base.json in the study directory: which base the trials refine (for the analysis)."""
     if cfg.base is None or not cfg.trial.base_checkpoint:
         return
-    from analysis.results import open_study_fs, write_text
-
-    fs, root = open_study_fs(cfg.study_dir)
-    fs.create_dir(root, recursive=True)
     record = {"base": cfg.base, "path": cfg.trial.base_checkpoint, "seed": cfg.trial.seed}
-    write_text(cfg.study_dir, BASE_RECORD, json.dumps(record, indent=2))
+    StudyStore(cfg.study_dir).write_json(BASE_RECORD, record)
 
 
 def confirmation_bases(

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from study.store import DEFAULT_OBJECTIVES
 from trainables.base import BASES_DIR, validate_base
 from trainables.config import (
     METHODS,
@@ -31,8 +32,6 @@ SEARCHERS = ("optuna", "random")
 # CONFIRM_SEED_OFFSET + j, seeds the search never used (replicates stay below the offset).
 MAX_REPLICATES = 1_000
 CONFIRM_SEED_OFFSET = 10_000
-# Selection happens on validation; the test split is read by the confirmation stage only.
-DEFAULT_OBJECTIVES = {"val_clean_acc": "max", "val_robust_acc": "max"}
 BASELINE_METHODS = tuple(m for m in METHODS if m != "lime_refine")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 # An ablation (`ablation:`) runs these configurations in place of a search: its setting

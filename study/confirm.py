@@ -14,15 +14,12 @@ seed) and answer.csv (each confirmed configuration against PGD-AT, paired by see
 import argparse
 import json
 import math
-import posixpath
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.results import ABLATION_FILE, ANSWER_FILE, CONFIRMATION_DIR, PLAN_FILE, STUDY_FILE
 from study.config import (
     ABLATION_REFERENCE,
     ABLATION_VARIANTS,
@@ -33,17 +30,29 @@ from study.config import (
 )
 from study.console import console_stream, print_error, redirect_logs
 from study.status import StageInterrupted
+from study.store import (
+    ABLATION_FILE,
+    ANSWER_FILE,
+    CONFIGS_FILE,
+    CONFIRMATION_DIR,
+    CONFIRMATION_FILE,
+    CONFIRMATION_TABLES,
+    CONFIRMED_FILE,
+    LOG_FILE,
+    PARETO_FILE,
+    PLAN_FILE,
+    SELECTION_BIAS_FILE,
+    STUDY_FILE,
+    StudyStore,
+    join,
+    keep_log,
+    local_log_path,
+)
 from trainables.config import TRIAL_FIELDS, make_trial_config
 
 CONFIRM_METRICS = (
     "test_clean_acc", "test_robust_acc", "test_pgd_acc", "test_blackbox_acc",
     "test_pgd50_acc", "test_autoattack_acc", "test_cifar10c_mean",
-)  # fmt: skip
-
-
-# the tables write_confirmation_tables writes beside the study's
-CONFIRMATION_TABLES = (
-    "confirmation.csv", "confirmed.csv", "selection_bias.csv", ABLATION_FILE, ANSWER_FILE,
 )  # fmt: skip
 
 
@@ -93,45 +102,22 @@ def confirmation_points(
     return points
 
 
-def _read_plan(cfg: StudyConfig) -> list[dict] | None:
-    import pyarrow.fs as pafs
-
-    from analysis.results import _read_text, open_study_fs
-
-    fs, root = open_study_fs(cfg.study_dir)
-    path = posixpath.join(root, PLAN_FILE)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    return json.loads(_read_text(fs, path))
-
-
-def _archive_previous(cfg: StudyConfig, out_dir: Path) -> None:
+def _archive_previous(store: StudyStore) -> None:
     """A re-run with another plan keeps the old confirmation and its tables beside (never
     deletes them), so no table of the old one passes for the new one's."""
-    import pyarrow.fs as pafs
-
-    from analysis.results import open_study_fs
-
-    fs, root = open_study_fs(cfg.study_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in (CONFIRMATION_DIR, PLAN_FILE):
-        path = posixpath.join(root, name)
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.move(path, f"{path}.{stamp}")
-            print(f"previous {name} kept as {name}.{stamp}", file=console_stream())
-    for name in CONFIRMATION_TABLES:
-        path = out_dir / name
-        if path.exists():
-            path.rename(out_dir / f"{name}.{stamp}")
+    for name in (CONFIRMATION_DIR, PLAN_FILE, *CONFIRMATION_TABLES):
+        if store.exists(name):
+            store.rename(name, f"{name}.{stamp}")
             print(f"previous {name} kept as {name}.{stamp}", file=console_stream())
 
 
 def run_confirmation(
-    cfg: StudyConfig, config_ids: list[str], out_dir: Path
+    cfg: StudyConfig, config_ids: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Run (or resume) the confirmation of config_ids and the baselines; write the tables and
     return the answer and the ablation table (None for a search). Ray must be connected."""
-    from analysis.results import load_trials, write_text
+    from analysis.results import load_trials
     from study.base import confirmation_bases
     from study.sweep import run_fixed_trials
 
@@ -139,23 +125,21 @@ def run_confirmation(
     trials = trials[trials["experiment"] != CONFIRMATION_DIR]
     bases = confirmation_bases(cfg, cfg.confirm_seeds)  # one base per seed, or None each
     points = confirmation_points(cfg, trials, config_ids, cfg.confirm_seeds, bases)
-    previous = _read_plan(cfg)
+    store = StudyStore(cfg.study_dir)
+    previous = store.read_json(PLAN_FILE)
     if previous is not None and previous != json.loads(json.dumps(points)):
-        _archive_previous(cfg, out_dir)
+        _archive_previous(store)
         previous = None
     if previous is None:
-        write_text(cfg.study_dir, PLAN_FILE, json.dumps(points, indent=1))
+        store.write_json(PLAN_FILE, points)
     n_configs = len(points) // max(cfg.confirm_seeds, 1)
     print(f"\nConfirmation: {n_configs} configurations x {cfg.confirm_seeds} fresh seeds, "
           "evaluated on the test split", file=console_stream())  # fmt: skip
-    path = f"{cfg.study_dir}/{CONFIRMATION_DIR}"
-    run_fixed_trials(cfg, path, points, "confirmation")
-    return write_confirmation_tables(cfg, out_dir)
+    run_fixed_trials(cfg, join(cfg.study_dir, CONFIRMATION_DIR), points, "confirmation")
+    return write_confirmation_tables(cfg)
 
 
-def write_confirmation_tables(
-    cfg: StudyConfig, out_dir: Path
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def write_confirmation_tables(cfg: StudyConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """trials.csv again (now with the confirmation), confirmation.csv, confirmed.csv,
     selection_bias.csv, for an ablation ablation.csv, and answer.csv (last: its presence says
     the confirmation is done); returns the answer and the ablation table (None for a search).
@@ -163,54 +147,51 @@ def write_confirmation_tables(
     from analysis.replicates import aggregate_configs, answer_table, selection_bias
     from study.sweep import write_trials_table
 
-    trials = write_trials_table(cfg, out_dir)  # with the confirmation trials now
+    store = StudyStore(cfg.study_dir)
+    trials = write_trials_table(cfg)  # with the confirmation trials now
     confirmation = trials[trials["experiment"] == CONFIRMATION_DIR]
     metrics = [m for m in CONFIRM_METRICS if m in confirmation]
     confirmed = aggregate_configs(confirmation, metrics, list(cfg.search))
-    front = pd.read_csv(out_dir / "pareto.csv")
+    front = store.read_table(PARETO_FILE)
     bias = selection_bias(front, confirmed, cfg.objectives)
     answer = answer_table(confirmation)
     ablation = None
     if cfg.ablation is not None:
         ablation = answer_table(confirmation, reference=ABLATION_REFERENCE)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    confirmation.to_csv(out_dir / "confirmation.csv", index=False)
-    confirmed.to_csv(out_dir / "confirmed.csv", index=False)
-    bias.to_csv(out_dir / "selection_bias.csv", index=False)
+    store.write_table(CONFIRMATION_FILE, confirmation)
+    store.write_table(CONFIRMED_FILE, confirmed)
+    store.write_table(SELECTION_BIAS_FILE, bias)
     if ablation is not None:
-        ablation.to_csv(out_dir / ABLATION_FILE, index=False)
-    answer.to_csv(out_dir / ANSWER_FILE, index=False)
+        store.write_table(ABLATION_FILE, ablation)
+    store.write_table(ANSWER_FILE, answer)
     return answer, ablation
 
 
-def confirmed_ids(cfg: StudyConfig, out_dir: Path) -> list[str]:
+def confirmed_ids(cfg: StudyConfig) -> list[str]:
     """What the confirmation re-trains beside the baselines: every variant of an ablation (the
     table compares them all with the full setting), else the study's front. Either needs the
     search (the variants' runs) finished: a configuration with no finished trial cannot be
     re-trained as it ran."""
-    front = front_ids_of(out_dir)
+    store = StudyStore(cfg.study_dir)
+    front = front_ids_of(store)
     if cfg.ablation is None:
         return front
-    configs = pd.read_csv(out_dir / "configs.csv")
+    configs = store.read_table(CONFIGS_FILE)
     missing = [v for v in ABLATION_VARIANTS if v not in set(configs["config_id"].astype(str))]
     if missing:
         raise ConfigError(
-            f"{out_dir}: the ablation's {', '.join(missing)} has no finished trial; resume the "
-            "study first: python -m study.sweep --resume"
+            f"{cfg.study_dir}: the ablation's {', '.join(missing)} has no finished trial; "
+            "resume the study first: python -m study.sweep --resume"
         )
     return list(ABLATION_VARIANTS)
 
 
-def front_ids_of(out_dir: Path) -> list[str]:
+def front_ids_of(store: StudyStore) -> list[str]:
     """The configurations on the study's front (pareto.csv, written after the search)."""
-    path = out_dir / "pareto.csv"
-    try:
-        front = pd.read_csv(path)
-    except (FileNotFoundError, pd.errors.EmptyDataError):  # no search yet, or nothing finished
-        front = pd.DataFrame()
-    if front.empty or "config_id" not in front:
+    front = store.read_table(PARETO_FILE)  # None: no search yet; empty: nothing finished
+    if front is None or front.empty or "config_id" not in front:
         raise ConfigError(
-            f"{out_dir}: the study has no front yet (no finished searched configuration in "
+            f"{store.study_dir}: the study has no front yet (no finished searched configuration in "
             "pareto.csv); run or resume the search first: python -m study.sweep --resume"
         )
     return front["config_id"].astype(str).tolist()
@@ -237,14 +218,7 @@ def _key_values(items: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from study.sweep import (
-        LOG_FILE,
-        _is_remote,
-        connect_ray,
-        print_answer,
-        summarize,
-        write_study_file,
-    )
+    from study.sweep import connect_ray, print_answer, summarize, write_study_file
 
     p = argparse.ArgumentParser(
         prog="python -m study.confirm",
@@ -267,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     try:
-        study_file = Path(args.study_dir) / STUDY_FILE
-        if _is_remote(args.study_dir) or not study_file.is_file():
-            raise ConfigError(f"{args.study_dir}: not a local study directory (no {STUDY_FILE})")
-        values = json.loads(study_file.read_text())
+        store = StudyStore(args.study_dir)
+        values = store.read_json(STUDY_FILE)
+        if values is None:
+            raise ConfigError(f"{args.study_dir}: not a study directory (no {STUDY_FILE})")
         if args.confirm_seeds is not None:
             values["confirm_seeds"] = args.confirm_seeds
         if args.eval:
@@ -281,20 +255,21 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.confirm_seeds == 0:
             print("--confirm-seeds 0: nothing to confirm")
             return 0
-        out_dir = Path(cfg.study_dir)
-        summarize(cfg, out_dir)
-        config_ids = confirmed_ids(cfg, out_dir)
+        summarize(cfg)
+        config_ids = confirmed_ids(cfg)
         if not args.verbose:
-            redirect_logs(out_dir / LOG_FILE)
+            redirect_logs(local_log_path(cfg.study_dir, cfg.name))
         connect_ray(args.address)
     except ConfigError as e:
         print_error(str(e))
         return 2
     try:
-        print_answer(*run_confirmation(cfg, config_ids, out_dir))
+        print_answer(*run_confirmation(cfg, config_ids))
     except StageInterrupted as e:
         print_error(f"interrupted: {e}; the same command goes on from there")
         return 130
+    finally:
+        keep_log(cfg.study_dir, cfg.name)
     return 0
 
 

@@ -18,13 +18,14 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import moocore
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from study.store import is_remote, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -293,8 +294,8 @@ class MOASHAScheduler(FIFOScheduler):
     (`ray/tune/execution/tune_controller.py`); on `Tuner.restore` the scheduler is the copy
     unpickled from `tuner.pkl`, which `TunerInternal` wrote when the Tuner was first built
     (`ray/tune/impl/tuner_internal.py`), i.e. a scheduler that has seen nothing. So this
-    scheduler keeps its own state: every record and decision is written to `state_path`
-    (JSON, atomically: temporary file in the same folder, then os.replace) as it happens,
+    scheduler keeps its own state: every record and decision is written to `state_path` (a
+    local path or URI; JSON, whole: study.store.write_bytes) as it happens,
     and read back both by the constructor and on unpickling when the file exists. A resumed
     study thus makes the same decisions: decided configurations keep their decision (STOP at
     the next result), pending replicate values are kept, and later candidates are ranked
@@ -333,7 +334,10 @@ class MOASHAScheduler(FIFOScheduler):
         self.reduction_factor = reduction_factor
         self.replicates = replicates
         self.on_config_stopped = on_config_stopped
-        self.state_path = os.path.abspath(state_path) if state_path else None
+        # A local path is made absolute: Tune's trial processes run in other folders.
+        self.state_path = state_path
+        if state_path and not is_remote(state_path):
+            self.state_path = os.path.abspath(state_path)
         self.time_attr = time_attr
         self.rungs = rung_rounds(max_rounds, grace_rounds, reduction_factor)
         if not self.rungs:
@@ -401,9 +405,9 @@ class MOASHAScheduler(FIFOScheduler):
         self._announce_pending = bool(self._stopped)
 
     def _load(self) -> None:
-        if self.state_path and os.path.exists(self.state_path):
-            with open(self.state_path, encoding="utf-8") as f:
-                self.load_state_dict(json.load(f))
+        state = read_json(self.state_path) if self.state_path else None
+        if state is not None:
+            self.load_state_dict(state)
             logger.info(
                 "MO-ASHA: resumed from %s (%d configuration(s) stopped so far)",
                 self.state_path,
@@ -412,7 +416,7 @@ class MOASHAScheduler(FIFOScheduler):
 
     def _persist(self) -> None:
         if self.state_path:
-            write_json_atomic(self.state_path, self.state_dict())
+            write_json(self.state_path, self.state_dict())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Tuner.restore unpickles the scheduler from tuner.pkl (its state when the Tuner was
@@ -421,11 +425,10 @@ class MOASHAScheduler(FIFOScheduler):
         self._load()
 
     def save(self, checkpoint_path: str) -> None:
-        write_json_atomic(checkpoint_path, self.state_dict())
+        write_json(checkpoint_path, self.state_dict())
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, encoding="utf-8") as f:
-            self.load_state_dict(json.load(f))
+        self.load_state_dict(read_json(checkpoint_path))
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -609,42 +612,17 @@ class MOASHAScheduler(FIFOScheduler):
         return [{"rung": r, **d} for r in self.rungs for d in self._decided[r]]
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON so that a reader (or a crash) sees the old file or the new one, never half:
-    a temporary file in the same folder, flushed and fsynced, then os.replace. Local paths."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".scheduler-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _read_state(state_path: str) -> dict[str, Any] | None:
-    if not os.path.exists(state_path):
-        return None
-    with open(state_path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def stopped_configs(state_path: str) -> dict[str, int]:
     """config id -> rung (round) at which MO-ASHA stopped it, from the scheduler's state file
     ({} if there is none: no scheduler, or nothing recorded yet)."""
-    state = _read_state(state_path)
+    state = read_json(state_path)
     return {k: int(v) for k, v in (state or {}).get("stopped", {}).items()}
 
 
 def rung_decisions(state_path: str) -> list[dict[str, Any]]:
     """Every decision from the state file, in the order taken per rung: rung, config_id,
     values (mean over replicates, in the objectives' order), place (0-based), n, promoted."""
-    state = _read_state(state_path)
+    state = read_json(state_path)
     if state is None:
         return []
     return [

@@ -12,30 +12,17 @@ study those trials are the ones that were running when it stopped (see "last upd
 """
 
 import argparse
-import json
 import os
 import posixpath
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs as pafs
 
-from analysis.results import (
-    ABLATION_FILE,
-    ANSWER_FILE,
-    PLAN_FILE,
-    SCHEDULER_STATE_FILE,
-    STUDY_FILE,
-    load_study_settings,
-    load_trials,
-    objectives_of,
-    open_study_fs,
-    read_table,
-)
+from analysis.results import load_study_settings, load_trials, objectives_of
 from analysis.tables import (
     STAGES,
     answer_table_text,
@@ -44,6 +31,16 @@ from analysis.tables import (
     format_duration,
     front_table,
     stage_of,
+)
+from study.store import (
+    ABLATION_FILE,
+    ANSWER_FILE,
+    PLAN_FILE,
+    SCHEDULER_STATE_FILE,
+    STUDY_FILE,
+    TRAIN_RUNS_DIR,
+    StudyStore,
+    open_fs,
 )
 
 
@@ -83,36 +80,10 @@ class StudySummary:
         return self.totals["confirmation"] is not None or self.answer is not None
 
 
-def _exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type == pafs.FileType.File
-
-
-def _read_json(fs: pafs.FileSystem, path: str):
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
-
-
-def _local_out_dir(study_dir: str, name: str) -> Path:
-    """Where the sweep writes its tables: the study directory, or ./results/NAME for a remote
-    study (study.sweep._local_out_dir)."""
-    return Path(study_dir) if "://" not in study_dir else Path("results") / name
-
-
-def _table_file(fs: pafs.FileSystem, root: str, study_dir: str, name: str, file: str):
-    """(filesystem, path) of a table the sweep writes, in the study directory or beside it."""
-    path = posixpath.join(root, file)
-    if _exists(fs, path):
-        return fs, path
-    local = _local_out_dir(study_dir, name) / file
-    return (pafs.LocalFileSystem(), str(local.resolve())) if local.is_file() else (None, None)
-
-
-def _stopped_configs(fs, root: str, study_dir: str, name: str) -> dict[str, int]:
+def _stopped_configs(store: StudyStore) -> dict[str, int]:
     """config id -> rung at which MO-ASHA stopped it (study.scheduler.stopped_configs)."""
-    fs, path = _table_file(fs, root, study_dir, name, SCHEDULER_STATE_FILE)
-    if fs is None:
-        return {}
-    return {k: int(v) for k, v in (_read_json(fs, path).get("stopped") or {}).items()}
+    state = store.read_json(SCHEDULER_STATE_FILE) or {}
+    return {k: int(v) for k, v in (state.get("stopped") or {}).items()}
 
 
 def _last_update(fs: pafs.FileSystem, root: str) -> float | None:
@@ -124,7 +95,7 @@ def _last_update(fs: pafs.FileSystem, root: str) -> float | None:
         for d in dirs:
             for info in fs.get_file_info(pafs.FileSelector(d)):
                 if info.type == pafs.FileType.Directory:
-                    if info.base_name != "train_runs":
+                    if info.base_name != TRAIN_RUNS_DIR:
                         subdirs.append(info.path)
                 elif info.mtime is not None and (
                     info.base_name == "result.json"
@@ -190,22 +161,22 @@ def summarize_study(study_dir: str | os.PathLike) -> StudySummary:
     """Read a study directory (local or URI) into a StudySummary; StudyError if it is none."""
     study_dir = os.fspath(study_dir)
     try:
-        fs, root = open_study_fs(study_dir)
+        fs, root = open_fs(study_dir)
+        store = StudyStore(study_dir)
         kind = fs.get_file_info(root).type
         if kind == pafs.FileType.NotFound:
             raise StudyError(f"{study_dir}: no such directory")
         if kind != pafs.FileType.Directory:
             raise StudyError(f"{study_dir}: not a directory")
-        if not _exists(fs, posixpath.join(root, STUDY_FILE)):
+        if not store.exists(STUDY_FILE):
             raise StudyError(f"{study_dir}: not a study directory (no {STUDY_FILE})")
         settings = load_study_settings(study_dir)
         trials = load_trials(study_dir)
-        plan_path = posixpath.join(root, PLAN_FILE)
-        plan = _read_json(fs, plan_path) if _exists(fs, plan_path) else None
+        plan = store.read_json(PLAN_FILE)
         name = settings.get("name") or posixpath.basename(root.rstrip("/"))
-        stopped = _stopped_configs(fs, root, study_dir, name)
-        answer = read_table(study_dir, ANSWER_FILE, name)
-        ablation = read_table(study_dir, ABLATION_FILE, name)
+        stopped = _stopped_configs(store)
+        answer = store.read_table(ANSWER_FILE)
+        ablation = store.read_table(ABLATION_FILE)
         last_update = _last_update(fs, root)
     except (OSError, ValueError, KeyError) as e:  # unreadable storage, malformed files
         raise StudyError(f"{study_dir}: cannot read the study ({e})") from e

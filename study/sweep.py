@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from analysis.replicates import ANSWER_METRICS
-from analysis.results import BASELINES_DIR, CONFIRMATION_DIR, SCHEDULER_STATE_FILE, STUDY_FILE
 from analysis.tables import answer_table_text, front_table
 from study.base import prepare_base, write_base_record
 from study.config import (
@@ -43,15 +42,29 @@ from study.console import (
     redirect_logs,
 )
 from study.status import StageInterrupted, fit_stage, resume_command
+from study.store import (
+    BASELINES_DIR,
+    CONFIGS_FILE,
+    CONFIRMATION_DIR,
+    LOG_FILE,
+    PARETO_FIGURE,
+    PARETO_FILE,
+    SCHEDULER_STATE_FILE,
+    STUDY_FILE,
+    TRAIN_RUNS_DIR,
+    TRIALS_FILE,
+    StudyStore,
+    is_remote,
+    join,
+    keep_log,
+    local_log_path,
+)
 from trainables.base import base_trial_config
 from trainables.config import make_trial_config
 from trainables.data import DataError, load_splits
 
-TRAIN_RUNS_DIR = "train_runs"
 # How often Tune restarts an in-process trial whose process died (as Train does its workers).
 TRIAL_RETRIES = 2
-RESULT_FILES = ("trials.csv", "configs.csv", "pareto.csv", "pareto.png")
-LOG_FILE = "study.log"  # Ray's, Tune's and PyTorch's own output, unless --verbose
 # Reported beside the objectives: the parts of the worst-case robust accuracy.
 VAL_METRICS = ("val_clean_acc", "val_robust_acc", "val_pgd_acc", "val_blackbox_acc")
 
@@ -187,16 +200,12 @@ def with_gpus_per_trial(cfg: StudyConfig, gpus: float | None) -> StudyConfig:
     return dataclasses.replace(cfg, trial=trial)
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def check_paths(cfg: StudyConfig, resume: bool) -> None:
     """Fail early on a missing data directory, or a study that exists (or not) unexpectedly."""
     data_dir = cfg.trial.data_dir
-    if data_dir is not None and not _is_remote(data_dir) and not os.path.exists(data_dir):
+    if data_dir is not None and not is_remote(data_dir) and not os.path.exists(data_dir):
         raise ConfigError(f"--data-dir: {data_dir} does not exist")
-    if _is_remote(cfg.study_dir):
+    if is_remote(cfg.study_dir):
         return  # checked by pyarrow when Tune opens it
     parent = Path(cfg.storage)
     while not parent.exists():
@@ -239,7 +248,7 @@ def check_data(cfg: StudyConfig) -> None:
     """Read a local --data-dir once (truncated archives, failed checksums) before anything
     starts; the workers read it again from the cache this leaves."""
     t = cfg.trial
-    if t.data_dir is None or _is_remote(t.data_dir):
+    if t.data_dir is None or is_remote(t.data_dir):
         return
     try:
         load_splits(t.dataset, t.data_dir, val_size=t.val_size, with_test=False)
@@ -381,7 +390,7 @@ def _trainable(cfg: StudyConfig):
     from trainables import trial
 
     trainable = tune.with_parameters(
-        trial.run_trial, train_storage=f"{cfg.study_dir.rstrip('/')}/{TRAIN_RUNS_DIR}"
+        trial.run_trial, train_storage=join(cfg.study_dir, TRAIN_RUNS_DIR)
     )
     bundles = trial.trial_resources(cfg.trial)
     return tune.with_resources(trainable, tune.PlacementGroupFactory(bundles))
@@ -491,15 +500,15 @@ def run_search(cfg: StudyConfig) -> None:
             reduction_factor=cfg.scheduler["reduction_factor"],
             replicates=cfg.replicates,
             on_config_stopped=searcher.config_stopped,
-            state_path=str(scheduler_state_path(cfg)),
+            state_path=scheduler_state_path(cfg),
         )
     total = cfg.num_samples * cfg.replicates
     _run_stage(cfg, cfg.study_dir, space, searcher, total, "search", scheduler)
 
 
-def scheduler_state_path(cfg: StudyConfig) -> Path:
-    """The early-stopping decisions (a local file: for a remote study, beside its tables)."""
-    return _local_out_dir(cfg) / SCHEDULER_STATE_FILE
+def scheduler_state_path(cfg: StudyConfig) -> str:
+    """The early-stopping decisions, in the study directory (a local path or URI)."""
+    return StudyStore(cfg.study_dir).path(SCHEDULER_STATE_FILE)
 
 
 def _replicated(
@@ -542,20 +551,15 @@ def run_ablation_variants(cfg: StudyConfig) -> None:
 def run_baselines(cfg: StudyConfig) -> None:
     """The baselines, `replicates` seeds each, in study_dir/baselines, run or resumed to their
     end."""
-    run_fixed_trials(cfg, f"{cfg.study_dir}/{BASELINES_DIR}", baseline_points(cfg), "baselines")
+    run_fixed_trials(cfg, join(cfg.study_dir, BASELINES_DIR), baseline_points(cfg), "baselines")
 
 
 def write_study_file(cfg: StudyConfig) -> None:
     """study.json: the resolved settings, for the analysis package and for --resume."""
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(cfg.study_dir)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{STUDY_FILE}") as f:
-        f.write(json.dumps(cfg.to_dict(), indent=2).encode())
+    StudyStore(cfg.study_dir).write_text(STUDY_FILE, json.dumps(cfg.to_dict(), indent=2))
 
 
-def write_trials_table(cfg: StudyConfig, out_dir: Path):
+def write_trials_table(cfg: StudyConfig):
     """trials.csv: one row per trial of every stage so far (a `stage` column; early-stopped
     searched trials marked STOPPED with their rung). Returns the table."""
     from analysis.results import load_trials
@@ -564,25 +568,25 @@ def write_trials_table(cfg: StudyConfig, out_dir: Path):
     trials = load_trials(cfg.study_dir)
     if "config/stage" in trials:
         trials.insert(2, "stage", trials.pop("config/stage"))
-    stopped = stopped_configs(str(scheduler_state_path(cfg)))
+    stopped = stopped_configs(scheduler_state_path(cfg))
     if stopped and "config/config_id" in trials:  # stopped early: kept out of every front
         rung = trials["config/config_id"].map(stopped).where(trials["experiment"] == cfg.name)
         trials.loc[rung.notna(), "status"] = "STOPPED"
         trials["stopped_at_rung"] = rung
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trials.to_csv(out_dir / "trials.csv", index=False)
+    StudyStore(cfg.study_dir).write_table(TRIALS_FILE, trials)
     return trials
 
 
-def summarize(cfg: StudyConfig, out_dir: Path):
+def summarize(cfg: StudyConfig):
     """Write trials.csv (one row per trial), configs.csv (one row per configuration, with
     means, 95% intervals and p_front), pareto.csv and, once a configuration has finished,
     pareto.png (the front of the searched configurations by their means); print the front.
     Returns the front."""
-    from analysis.plots import plot_config_front
+    from analysis.plots import config_front_figure
     from analysis.replicates import aggregate_configs, config_front, p_front
 
-    trials = write_trials_table(cfg, out_dir)
+    store = StudyStore(cfg.study_dir)
+    trials = write_trials_table(cfg)
     study = trials[trials["experiment"] != CONFIRMATION_DIR]
     metrics = [*cfg.objectives, *(m for m in VAL_METRICS if m not in cfg.objectives)]
     configs = aggregate_configs(study, metrics, list(cfg.search))
@@ -594,24 +598,18 @@ def summarize(cfg: StudyConfig, out_dir: Path):
         front = config_front(configs[is_searched], cfg.objectives)
     else:
         front = configs
-    configs.to_csv(out_dir / "configs.csv", index=False)
-    front.to_csv(out_dir / "pareto.csv", index=False)
+    store.write_table(CONFIGS_FILE, configs)
+    store.write_table(PARETO_FILE, front)
     if not configs.empty:  # nothing finished yet: no figure
-        plot_config_front(
-            configs, cfg.objectives, out_dir / "pareto.png", title=f"Study {cfg.name}"
-        )
+        figure = config_front_figure(configs, cfg.objectives, title=f"Study {cfg.name}")
+        store.write_figure(PARETO_FIGURE, figure)
     n_done = int(is_searched.sum()) if not configs.empty else 0
     out = console_stream()
     print(f"\nPareto-optimal configurations by validation means ({len(front)} of {n_done}; "
           "95% t-intervals over replicates):", file=out)  # fmt: skip
     print(front_table(front, cfg.objectives, list(cfg.search)), file=out)
-    print(f"Tables and figure: {out_dir}", file=out, flush=True)
+    print(f"Tables and figure: {cfg.study_dir}", file=out, flush=True)
     return front
-
-
-def _local_out_dir(cfg: StudyConfig) -> Path:
-    """Where the tables go: the study directory, or ./results/NAME for a remote study."""
-    return Path(cfg.study_dir) if not _is_remote(cfg.study_dir) else Path("results") / cfg.name
 
 
 def run_study(
@@ -622,9 +620,17 @@ def run_study(
     (local) study directory, leaving the study's own lines on the console."""
     check_paths(cfg, resume)
     if not verbose:
-        log = _local_out_dir(cfg) / LOG_FILE
+        log = local_log_path(cfg.study_dir, cfg.name)
         print(f"Study {cfg.name}: Ray's own output goes to {log}", file=console_stream())
         redirect_logs(log)
+    try:
+        _run_stages(cfg, resume, address)
+    finally:
+        keep_log(cfg.study_dir, cfg.name)
+    return cfg.study_dir
+
+
+def _run_stages(cfg: StudyConfig, resume: bool, address: str | None) -> None:
     connect_ray(address)
     import ray
 
@@ -638,13 +644,11 @@ def run_study(
     run_search(cfg)
     if cfg.baselines:
         run_baselines(cfg)
-    out_dir = _local_out_dir(cfg)
-    front = summarize(cfg, out_dir)
+    front = summarize(cfg)
     if cfg.confirm_seeds and not front.empty:
-        print_answer(*run_confirmation(cfg, confirmed_ids(cfg, out_dir), out_dir))
+        print_answer(*run_confirmation(cfg, confirmed_ids(cfg)))
     elif cfg.confirm_seeds:
         print("No finished configuration: nothing to confirm.", file=console_stream())
-    return cfg.study_dir
 
 
 def print_answer(answer, ablation=None) -> None:
@@ -697,10 +701,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _resumed_config(cfg: StudyConfig) -> StudyConfig:
     """On --resume the study's own study.json wins: a study keeps the settings it began with."""
-    path = os.path.join(cfg.study_dir, STUDY_FILE)
-    if _is_remote(path) or not os.path.exists(path):
-        return cfg
-    return build_study_config(json.loads(Path(path).read_text()))
+    values = StudyStore(cfg.study_dir).read_json(STUDY_FILE)
+    return cfg if values is None else build_study_config(values)
 
 
 if __name__ == "__main__":

@@ -97,25 +97,33 @@ TINY_STUDY = {
 
 @pytest.fixture(scope="session")
 def tiny_study(ray_local, tmp_path_factory) -> str:
-    """A real study (Ray Tune + Ray Train + OptunaSearch) through every stage: 2 configurations
-    x 2 replicates, PGD-AT x 2 replicates, then the front and PGD-AT confirmed at 2 seeds.
+    """A real study (Ray Tune + OptunaSearch, in-process trials) through every stage: 2
+    configurations x 2 replicates, PGD-AT x 2 replicates, then the front and PGD-AT confirmed
+    at 2 seeds.
 
     Run as a user runs it, `python -m study.sweep --config FILE`, joined to the session's Ray
-    instance; what it printed on the console is kept in console.txt beside the study."""
+    instance, with its storage given as a URI (file://), so it takes the path of a remote
+    (s3://) study: every file must land in the study directory itself, none in the working
+    directory's results/ but the driver's log while it runs. What it printed on the console is
+    kept in console.txt beside the study; the local path of the study directory is returned."""
     storage = tmp_path_factory.mktemp("real-studies")
+    workdir = tmp_path_factory.mktemp("driver-cwd")
     config = storage / "tiny.yaml"
-    config.write_text(json.dumps({**TINY_STUDY, "storage": str(storage)}))  # JSON is YAML
+    config.write_text(json.dumps({**TINY_STUDY, "storage": f"file://{storage}"}))  # JSON is YAML
     address = ray_local.get_runtime_context().gcs_address
     run = subprocess.run(
         [sys.executable, "-m", "study.sweep", "--config", str(config), "--address", address],
-        cwd=REPO,
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
-        timeout=1800,  # about 8 min on a fresh 2-core machine; a hang still ends
+        timeout=1800,  # about 1 min on a 2-core machine; a hang still ends
     )
     study_dir = storage / TINY_STUDY["name"]
     assert run.returncode == 0, run.stdout + run.stderr + _tail(study_dir / "study.log")
     (study_dir / "console.txt").write_text(run.stdout + run.stderr)
+    local = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
+    assert local == ["results/tiny/study.log"], local
     return str(study_dir)
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from analysis import report
 from analysis.replicates import t_interval
-from analysis.results import ABLATION_FILE, ANSWER_FILE
 from study import confirm, sweep
 from study.config import (
     ABLATION_VARIANTS,
@@ -22,6 +21,7 @@ from study.config import (
     load_config,
 )
 from study.status import format_summary, summarize_study
+from study.store import ABLATION_FILE, ANSWER_FILE
 from tests.conftest import REPO, TINY_TRIAL, notebook_text, run_notebook
 
 SETTING = {"mask_ratio": 0.3, "reg_weight": 0.5, "epsilon": 0.0157}
@@ -131,21 +131,21 @@ def test_each_variant_switches_one_component_at_the_replicate_seeds(tmp_path):
 
 
 def test_the_confirmation_retrains_every_variant_and_the_baselines(tmp_path):
-    cfg = _ablation(tmp_path, baselines=["pgd_at"], confirm_seeds=2)
+    cfg = _ablation(tmp_path, name="abl", baselines=["pgd_at"], confirm_seeds=2)
     points = [*sweep.ablation_points(cfg), *sweep.baseline_points(cfg)]
     trials = pd.DataFrame([{f"config/{k}": v for k, v in p.items()} for p in points])
     out = tmp_path / "abl"
     out.mkdir()
     with pytest.raises(ConfigError, match="has no front yet"):  # the search has not run
-        confirm.confirmed_ids(cfg, out)
+        confirm.confirmed_ids(cfg)
     configs = pd.DataFrame({"config_id": VARIANTS[:-1], "val_clean_acc_mean": 0.5})
     configs.to_csv(out / "configs.csv", index=False)
     configs.to_csv(out / "pareto.csv", index=False)
     with pytest.raises(ConfigError, match="no_adversarial has no finished trial"):
-        confirm.confirmed_ids(cfg, out)
+        confirm.confirmed_ids(cfg)
     configs = pd.DataFrame({"config_id": VARIANTS, "val_clean_acc_mean": 0.5})
     configs.to_csv(out / "configs.csv", index=False)
-    ids = confirm.confirmed_ids(cfg, out)  # every variant, on the front or not
+    ids = confirm.confirmed_ids(cfg)  # every variant, on the front or not
     assert ids == VARIANTS
     planned = confirm.confirmation_points(cfg, trials, ids, cfg.confirm_seeds)
     assert [p["config_id"] for p in planned] == [v for v in [*VARIANTS, "pgd_at"] for _ in "ab"]
@@ -232,8 +232,8 @@ def ablation_tables(tmp_path, monkeypatch):
             "val_robust_acc_mean": [0.41],
         }
     ).to_csv(out_dir / "pareto.csv", index=False)
-    monkeypatch.setattr(sweep, "write_trials_table", lambda _cfg, _out: trials)
-    answer, ablation = confirm.write_confirmation_tables(cfg, out_dir)
+    monkeypatch.setattr(sweep, "write_trials_table", lambda _cfg: trials)
+    answer, ablation = confirm.write_confirmation_tables(cfg)
     return out_dir, answer, ablation
 
 

@@ -23,9 +23,9 @@ from analysis.results import (
     load_history,
     load_study_settings,
     load_trials,
-    open_study_fs,
 )
 from analysis.synthetic import BASELINES, DIVERGES_ABOVE, make_synthetic_study
+from study.store import open_fs
 
 OBJ = {"clean_acc": "max", "robust_acc": "max"}
 NUM_SAMPLES, ROUNDS = 6, 2
@@ -172,7 +172,7 @@ def test_load_from_uri(study_dir, trials):
         trials[cols].sort_values(key, ignore_index=True),
     )
     assert load_study_settings("memory://copied_study")["name"] == "synthetic"
-    fs, path = open_study_fs("s3://bucket/studies/x?region=us-east-1")  # no request is made
+    fs, path = open_fs("s3://bucket/studies/x?region=us-east-1")  # no request is made
     assert type(fs).__name__ == "S3FileSystem" and path == "bucket/studies/x"
     with pytest.raises(FileNotFoundError):
         load_trials(os.path.join(study_dir, "no-such-study"))

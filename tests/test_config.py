@@ -198,14 +198,14 @@ def test_confirm_eval_on_the_command_line_is_kept_in_study_json(tmp_path, capsys
 
 def test_a_confirmation_rerun_with_another_plan_keeps_the_old_tables_beside(tmp_path):
     from study import confirm
+    from study.store import StudyStore
 
-    cfg = load_config(None, {"name": "s", "storage": str(tmp_path)})
     out = tmp_path / "s"
     (out / "confirmation").mkdir(parents=True)
     old = {"answer.csv", "confirmed.csv", "confirmation_plan.json"}
     for name in old:
         (out / name).write_text("old\n")
-    confirm._archive_previous(cfg, out)
+    confirm._archive_previous(StudyStore(out))
     left = sorted(p.name for p in out.iterdir())
     assert not (old | {"confirmation"}) & set(left)
     assert {n.split(".2")[0] for n in left} == old | {"confirmation"}  # name.<date> each

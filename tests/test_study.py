@@ -112,7 +112,7 @@ def test_answer_table_pairs_each_front_configuration_with_pgd_at(tiny_study):
 
 def test_the_console_shows_the_study_and_ray_goes_to_the_log(tiny_study):
     """The CLI's console: our lines only (a line per trial, status lines, the front and the
-    answer), within the issue's 80 lines; Ray's, Tune's and Train's output in study.log."""
+    answer), within 80 lines; Ray's and Tune's own output in study.log."""
     console = (Path(tiny_study) / "console.txt").read_text()
     lines = console.splitlines()
     assert len(lines) <= 80, console
