@@ -28,7 +28,7 @@ from study.config import (
     build_study_config,
     confirm_seed,
 )
-from study.console import console_stream, print_error, redirect_logs
+from study.console import StudyLog, console_stream, print_error
 from study.status import StageInterrupted
 from study.store import (
     ABLATION_FILE,
@@ -218,7 +218,13 @@ def _key_values(items: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from study.sweep import connect_ray, print_answer, summarize, write_study_file
+    from study.sweep import (
+        connect_ray,
+        exit_code_of_reported,
+        print_answer,
+        summarize,
+        write_study_file,
+    )
 
     p = argparse.ArgumentParser(
         prog="python -m study.confirm",
@@ -257,17 +263,29 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summarize(cfg)
         config_ids = confirmed_ids(cfg)
-        if not args.verbose:
-            redirect_logs(local_log_path(cfg.study_dir, cfg.name))
-        connect_ray(args.address)
     except ConfigError as e:
         print_error(str(e))
         return 2
+    log = local_log_path(cfg.study_dir, cfg.name)
     try:
-        print_answer(*run_confirmation(cfg, config_ids))
+        with StudyLog(log, args.verbose, handled=(ConfigError, StageInterrupted)):
+            import ray
+
+            train_runs = cfg.trial.num_workers > 0 or cfg.base is not None
+            connected = connect_ray(args.address, train_runs)
+            try:
+                print_answer(*run_confirmation(cfg, config_ids))
+            finally:
+                if connected:
+                    ray.shutdown()
+    except ConfigError as e:
+        print_error(str(e))
+        return 2
     except StageInterrupted as e:
         print_error(f"interrupted: {e}; the same command goes on from there")
         return 130
+    except BaseException as e:
+        return exit_code_of_reported(e)
     finally:
         keep_log(cfg.study_dir, cfg.name)
     return 0

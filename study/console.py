@@ -1,9 +1,9 @@
 """What a person sees while a study runs: our console lines, with Ray's own output in a log file.
 
-- `redirect_logs(log_path, verbose)` sends everything that is not ours (Python logging, warnings,
-  sys.stdout/sys.stderr, file descriptors 1 and 2: Ray's C++ components, Ray's forwarding of
-  worker output, Tune's and Train's printing) to the study's log file, and returns the stream our
-  lines go to. `--verbose` changes nothing.
+- `StudyLog(log_path, verbose)`, which the study opens and closes: while open it sends everything
+  that is not ours (Python logging, warnings, sys.stdout/sys.stderr, file descriptors 1 and 2:
+  Ray's C++ components, Ray's forwarding of worker output, Tune's and Train's printing) to the
+  study's log file, and gives the stream our lines go to. `--verbose` changes nothing.
 - `StudyConsole`, a Ray Tune callback: one line per finished trial, one per error (always, with
   its one-line reason), a compact status line (done / running / pending / errored counts and the
   time left) when the counts change, at most every `min_interval_s` seconds.
@@ -69,14 +69,14 @@ from analysis.tables import (
 # Passed to every tune.RunConfig of the study unless --verbose (see the module docstring).
 QUIET_TUNE_RUN_CONFIG: dict[str, Any] = {"verbose": 0}
 
-_console: TextIO | None = None  # the stream redirect_logs returned, for unpickled callbacks
+_console: TextIO | None = None  # the open StudyLog's console, for unpickled callbacks
 
 
 # --- the Tune callback ------------------------------------------------------------------------
 
 
 def console_stream() -> TextIO:
-    """Where our lines go: the stream redirect_logs returned, else sys.stdout."""
+    """Where our lines go: the open StudyLog's console, else sys.stdout."""
     return _console if _console is not None else sys.stdout
 
 
@@ -88,7 +88,7 @@ def print_error(message: str) -> None:
 
 
 def logs_redirected() -> bool:
-    """Whether redirect_logs sent Ray's output to a log file (then Tune's own is silenced)."""
+    """Whether a StudyLog sends Ray's output to a log file (then Tune's own is silenced)."""
     return _console is not None and _console is not sys.stdout
 
 
@@ -298,60 +298,107 @@ class _LogFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def redirect_logs(log_path: str | os.PathLike, verbose: bool = False) -> TextIO:
-    """Unless verbose, send all output that is not ours to log_path (appended) and return the
-    stream for our lines (a dup of the original stdout, line-buffered).
+class StudyLog:
+    """Unless verbose, sends all output that is not ours to log_path (appended) for as long as
+    it is open; `console` is the stream for our lines (a dup of the original stdout,
+    line-buffered). A context manager: on exit, also on an error, it puts back what it changed.
 
     Redirected: file descriptors 1 and 2 (the driver's C++ core worker, processes started later
     such as a local raylet and GCS inherit them), sys.stdout and sys.stderr (Tune's and Ray's
     prints, worker output forwarded by log_to_driver, Ray's loggers, which write to sys.stderr
     at emit time), the root logger (a handler on the log file) and warnings (through logging).
-    An uncaught exception leaves its traceback in the log and one line on the console.
+    An error leaving the block leaves its traceback in the log and one line on the console; it
+    is marked `reported` for the command line, which then exits without a second traceback.
+    Errors of the `handled` types pass through untouched: the caller reports those itself.
 
-    verbose: return sys.stdout and change nothing. Call it before ray.init (a local Ray's
-    processes inherit fds 1 and 2 when they start); a second call returns the same stream.
+    verbose: `console` is sys.stdout and nothing changes. Open it before ray.init (a local
+    Ray's processes inherit fds 1 and 2 when they start). One is open at a time.
     """
-    global _console
-    if verbose:
-        _console = sys.stdout
-        return sys.stdout
-    if _console is not None and _console is not sys.stdout:
-        return _console  # already redirected: fd 1 is the log file now
-    log_path = os.fspath(log_path)
-    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+
+    def __init__(
+        self,
+        log_path: str | os.PathLike,
+        verbose: bool = False,
+        handled: tuple[type[BaseException], ...] = (),
+    ):
+        self.log_path = os.fspath(log_path)
+        self.verbose = verbose
+        self.handled = (SystemExit, *handled)
+        self.console: TextIO = sys.stdout
+        self._saved: dict[str, Any] | None = None
+
+    def __enter__(self) -> "StudyLog":
+        global _console
+        if _console is not None:
+            raise RuntimeError("a StudyLog is already open")
+        if self.verbose:
+            _console = self.console = sys.stdout
+            return self
+        os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
+        _flush_all()
+        root = logging.getLogger()
+        self._saved = {
+            "fds": (os.dup(1), os.dup(2)),
+            "streams": (sys.stdout, sys.stderr),
+            "handlers": list(root.handlers),
+            "color": os.environ.get("RAY_COLOR_PREFIX"),
+        }
+        self.console = open(  # noqa: SIM115 (closed on exit)
+            os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace", closefd=True
+        )
+        self._log = open(self.log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+        os.dup2(self._log.fileno(), 1)
+        os.dup2(self._log.fileno(), 2)
+        sys.stdout = sys.stderr = self._log
+        # Forwarded worker lines without ANSI colour codes: a file, not a terminal (read by the
+        # driver when it prints them: ray/_private/worker.py, lines 2389-2392).
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        if not root.handlers:  # one there already writes to fd 1 or 2: the log file now
+            handler = logging.StreamHandler(self._log)
+            handler.setFormatter(_LogFormatter())
+            root.addHandler(handler)
+        logging.captureWarnings(True)  # warnings as records of `py.warnings`, timestamped
+        _console = self.console
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        global _console
+        try:
+            if exc is not None and not issubclass(exc_type, self.handled) and not self.verbose:
+                traceback.print_exception(exc_type, exc, tb, file=self._log)
+                if issubclass(exc_type, KeyboardInterrupt):
+                    reason = "interrupted"
+                else:
+                    reason = traceback.format_exception_only(exc_type, exc)[-1].strip()
+                self.console.write(f"error: {reason} (details in {self.log_path})\n")
+                exc.reported = True
+        finally:
+            _console = None
+            if self._saved is not None:
+                self._restore()
+
+    def _restore(self) -> None:
+        saved, self._saved = self._saved, None
+        _flush_all()
+        logging.captureWarnings(False)
+        root = logging.getLogger()
+        for handler in root.handlers[:]:
+            if handler not in saved["handlers"]:
+                root.removeHandler(handler)
+        sys.stdout, sys.stderr = saved["streams"]
+        for fd, copy in zip((1, 2), saved["fds"], strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+        if saved["color"] is None:
+            os.environ.pop("RAY_COLOR_PREFIX", None)
+        self.console.close()
+        self._log.close()
+
+
+def _flush_all() -> None:
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.flush()
-    console = open(  # noqa: SIM115 (lives as long as the process)
-        os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace", closefd=True
-    )
-    log = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    sys.stdout = sys.stderr = log
-    # Forwarded worker lines without ANSI colour codes: a file, not a terminal (read by the
-    # driver when it prints them: ray/_private/worker.py, lines 2389-2392).
-    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-
-    root = logging.getLogger()
-    if not root.handlers:  # one there already writes to fd 1 or 2: the log file now
-        handler = logging.StreamHandler(log)
-        handler.setFormatter(_LogFormatter())
-        root.addHandler(handler)
-    logging.captureWarnings(True)  # warnings as records of `py.warnings`, timestamped
-
-    def excepthook(exc_type, exc, tb):
-        traceback.print_exception(exc_type, exc, tb, file=log)
-        if issubclass(exc_type, KeyboardInterrupt):
-            reason = "interrupted"
-        else:
-            reason = traceback.format_exception_only(exc_type, exc)[-1].strip()
-        console.write(f"error: {reason} (details in {log_path})\n")
-        console.flush()
-
-    sys.excepthook = excepthook
-    _console = console
-    return console
 
 
 def quiet_ray_kwargs(verbose: bool = False) -> dict[str, Any]:

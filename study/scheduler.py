@@ -10,8 +10,8 @@ every configuration recorded at that rung before it by successive non-dominated 
 each front by an epsilon-net (spread), and stop it if its place falls outside the top 1/eta.
 Rungs are refinement rounds (`grace_rounds * eta**k` below the last round), so decisions are
 taken at round boundaries only. `MOASHAScheduler` applies it to Tune trials, one decision per
-configuration on the mean of its replicates; `tell_optuna_pruned` is how Optuna learns that a
-configuration was stopped (PRUNED, never COMPLETE with a first-round figure).
+configuration on the mean of its replicates; the replicate searcher (study/replicates.py) tells
+Optuna that a configuration was stopped (PRUNED, never COMPLETE with a first-round figure).
 """
 
 import json
@@ -634,52 +634,3 @@ def rung_decisions(state_path: str) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------------------------
 # Optuna's view of a stopped configuration
-
-
-def _unwrap_optuna(searcher):
-    from ray.tune.search.optuna import OptunaSearch
-
-    s = searcher
-    while not isinstance(s, OptunaSearch):
-        if not hasattr(s, "searcher"):
-            raise TypeError(f"no OptunaSearch inside {type(searcher).__name__}")
-        s = s.searcher
-    return s
-
-
-def tell_optuna_pruned(searcher, trial_id: str) -> None:
-    """Record Tune trial `trial_id` as PRUNED in the Optuna study behind `searcher` (an
-    OptunaSearch, or a wrapper chain of `.searcher`s around one), so that a stopped
-    configuration never enters Optuna as COMPLETE with its cut-off values.
-
-    Ray's integration has this path: `OptunaSearch.on_trial_complete(trial_id, result=None,
-    error=False)` tells the study `state=TrialState.PRUNED` with no values (and FAIL with
-    `error=True`, COMPLETE when the result has the metrics), then adds the id to
-    `_completed_trials` (its only bookkeeping); Optuna 5 accepts PRUNED without values in a
-    multi-objective study (a pruned trial's values come from its last intermediate value,
-    which multi-objective trials never have). That call logs and swallows any exception from
-    `study.tell`, so this checks afterwards that the trial really is PRUNED and raises if
-    not. Calling it again for a trial already PRUNED does nothing; a trial already finished
-    otherwise raises ValueError. Wrappers' own bookkeeping (e.g. ConcurrencyLimiter's live
-    trials) is not touched: call it where the wrapper would have called the OptunaSearch.
-
-    Pinned to ray==2.60.0 (`ray/tune/search/optuna/optuna_search.py`): the private
-    `_ot_trials` (Tune trial id -> optuna.Trial), `_ot_study` and `_completed_trials`.
-    """
-    from optuna.trial import TrialState
-
-    ot = _unwrap_optuna(searcher)
-    if trial_id not in ot._ot_trials:
-        raise KeyError(f"OptunaSearch has no trial {trial_id!r}")
-    number = ot._ot_trials[trial_id].number
-
-    def state():
-        return next(t.state for t in ot._ot_study.get_trials(deepcopy=False) if t.number == number)
-
-    if trial_id in ot._completed_trials:
-        if state() == TrialState.PRUNED:
-            return
-        raise ValueError(f"trial {trial_id!r} already finished in Optuna as {state().name}")
-    ot.on_trial_complete(trial_id, result=None, error=False)
-    if state() != TrialState.PRUNED:
-        raise RuntimeError(f"Optuna did not record trial {trial_id!r} as PRUNED: {state().name}")

@@ -35,11 +35,11 @@ from study.confirm import confirmed_ids, run_confirmation
 from study.console import (
     QUIET_TUNE_RUN_CONFIG,
     StudyConsole,
+    StudyLog,
     console_stream,
     logs_redirected,
     print_error,
     quiet_ray_kwargs,
-    redirect_logs,
 )
 from study.status import StageInterrupted, fit_stage, resume_command
 from study.store import (
@@ -228,15 +228,15 @@ def _listdir(path: str) -> list[str]:
 
 
 def check_cluster_file(path: str) -> None:
-    """Ray's own preparation and schema validation of a cluster config, with no cloud calls
-    (`ray up` needs the cloud SDK before it validates). Private Ray API, pinned with Ray."""
+    """Ray's own preparation and schema validation of a cluster config, with no cloud calls."""
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from study.ray_internals import prepared_cluster_config
 
     config = read_yaml(path)
     logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # one line of output, not logs
     try:
-        validate_config(prepare_config(config))
+        prepared_cluster_config(config)
     except jsonschema.ValidationError as e:
         where = ".".join(str(p) for p in e.absolute_path) or "top level"
         raise ConfigError(f"{path}: {where}: {e.message}") from e
@@ -274,32 +274,37 @@ def check_address(address: str | None) -> None:
         ) from e
 
 
-def connect_ray(address: str | None) -> None:
-    """Join the given cluster, else RAY_ADDRESS or a local `ray start`, else start one here."""
+def connect_ray(address: str | None, train_runs: bool = True) -> bool:
+    """Join the given cluster, else RAY_ADDRESS or a local `ray start`, else start one here.
+    Returns whether this call connected (the caller then owns the connection). train_runs:
+    whether the study runs Ray Train (a base, or Train worker trials), which needs a local
+    cluster's dashboard."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     check_address(address)
     if ray.is_initialized():  # e.g. a notebook or a test that started Ray itself
-        return
+        return False
     quiet = quiet_ray_kwargs(verbose=not logs_redirected())
     if address and address != "local":
         try:
             ray.init(address=address, **quiet)
         except ConnectionError as e:
             raise ConfigError(f"--address: cannot join the Ray cluster at {address}: {e}") from e
-        return
+        return True
     if address is None:
         try:
             ray.init(address="auto", **quiet)
-            return
+            return True
         except ConnectionError:
             pass
     # One machine has no spot node to lose: skip Train's preemption watcher, an actor process
     # per trial (about 1.3 s of CPU importing Ray Train; docs/benchmarks.md). Set by the user: kept.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    # Ray Train needs the state API, which the dashboard serves: bind it to localhost only.
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+    # Ray Train needs the state API, which the dashboard serves: bound to localhost only, and
+    # started only for a study that runs Ray Train (one process less to start otherwise).
+    ray.init(address="local", include_dashboard=train_runs, dashboard_host="127.0.0.1", **quiet)
+    return True
 
 
 def search_space(cfg: StudyConfig) -> dict[str, Any]:
@@ -619,19 +624,26 @@ def run_study(
     study directory. verbose=False sends Ray's, Tune's and PyTorch's output to study.log in the
     (local) study directory, leaving the study's own lines on the console."""
     check_paths(cfg, resume)
+    log = local_log_path(cfg.study_dir, cfg.name)
     if not verbose:
-        log = local_log_path(cfg.study_dir, cfg.name)
         print(f"Study {cfg.name}: Ray's own output goes to {log}", file=console_stream())
-        redirect_logs(log)
     try:
-        _run_stages(cfg, resume, address)
+        with StudyLog(log, verbose, handled=(ConfigError, DataError, StageInterrupted)):
+            import ray
+
+            train_runs = cfg.trial.num_workers > 0 or cfg.base is not None
+            connected = connect_ray(address, train_runs)
+            try:
+                _run_stages(cfg, resume)
+            finally:
+                if connected:  # inside the log: Ray's shutdown has its say there too
+                    ray.shutdown()
     finally:
         keep_log(cfg.study_dir, cfg.name)
     return cfg.study_dir
 
 
-def _run_stages(cfg: StudyConfig, resume: bool, address: str | None) -> None:
-    connect_ray(address)
+def _run_stages(cfg: StudyConfig, resume: bool) -> None:
     import ray
 
     shortfall = resource_shortfall(cfg, ray.cluster_resources())
@@ -696,7 +708,17 @@ def main(argv: list[str] | None = None) -> int:
         resume = resume_command(cfg.study_dir, {"name": cfg.name, "storage": cfg.storage})
         print_error(f"interrupted: {e}; every finished trial is saved. Resume with: {resume}")
         return 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
+    except BaseException as e:
+        return exit_code_of_reported(e)
     return 0
+
+
+def exit_code_of_reported(error: BaseException) -> int:
+    """The exit code of an error the StudyLog already reported (traceback in the log, one line
+    on the console); any other error propagates with its traceback."""
+    if not getattr(error, "reported", False):
+        raise error
+    return 130 if isinstance(error, KeyboardInterrupt) else 1
 
 
 def _resumed_config(cfg: StudyConfig) -> StudyConfig:

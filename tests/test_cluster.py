@@ -12,20 +12,16 @@ import yaml
 
 from tests.conftest import REPO
 
-# prepare_config and validate_config are private Ray API: checked against this version only.
-pytestmark = pytest.mark.skipif(ray.__version__ != "2.60.0", reason="private autoscaler API")
-
 
 def _cluster() -> dict:
     return yaml.safe_load((REPO / "cluster.yaml").read_text())
 
 
 def _prepare_and_validate(config: dict) -> dict:
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    """What `ray up` checks first; returns the prepared config (defaults filled in)."""
+    from study.ray_internals import prepared_cluster_config
 
-    prepared = prepare_config(copy.deepcopy(config))
-    validate_config(prepared)
-    return prepared
+    return prepared_cluster_config(copy.deepcopy(config))
 
 
 def test_cluster_yaml_passes_rays_schema_and_config_preparation():

@@ -279,23 +279,33 @@ def test_console_in_a_real_tune_run(ray_local, tmp_path):
 REDIRECTED = textwrap.dedent(
     """
     import logging, os, subprocess, sys, warnings
-    from study.console import redirect_logs
-    console = redirect_logs(sys.argv[1], verbose=sys.argv[2] == "1")
-    logging.getLogger("ray").warning("ray-logger-line")
-    logging.getLogger("somelib").warning("root-logger-line")
-    warnings.warn("python-warning-line")
-    print("print-line")
-    print("stderr-line", file=sys.stderr)
-    sys.stdout.flush(); sys.stderr.flush()
-    os.write(1, b"fd1-line\\n")
-    os.write(2, b"fd2-line\\n")
-    subprocess.run(["sh", "-c", "echo child-line; echo child-err-line >&2"], check=True)
-    console.write("console-line\\n")
-    console.flush()
-    if sys.argv[2] == "0":
-        from study.console import print_error
-        print_error("bad-input-line")  # a ConfigError raised after the redirect (study.confirm)
-        raise RuntimeError("boom")
+    from study.console import StudyLog, print_error
+    handlers, hook = list(logging.getLogger().handlers), sys.excepthook
+    try:
+        with StudyLog(sys.argv[1], verbose=sys.argv[2] == "1") as study_log:
+            console = study_log.console
+            logging.getLogger("ray").warning("ray-logger-line")
+            logging.getLogger("somelib").warning("root-logger-line")
+            warnings.warn("python-warning-line")
+            print("print-line")
+            print("stderr-line", file=sys.stderr)
+            sys.stdout.flush(); sys.stderr.flush()
+            os.write(1, b"fd1-line\\n")
+            os.write(2, b"fd2-line\\n")
+            subprocess.run(["sh", "-c", "echo child-line; echo child-err-line >&2"], check=True)
+            console.write("console-line\\n")
+            console.flush()
+            if sys.argv[2] == "0":
+                print_error("bad-input-line")  # a ConfigError after the redirect (study.confirm)
+                raise RuntimeError("boom")
+    except RuntimeError as e:
+        assert e.reported  # the command line exits 1 without printing it again
+        # everything is back: descriptors, streams, logging, warnings, the excepthook
+        print("after-line"); sys.stdout.flush()
+        os.write(2, b"after-fd2-line\\n")
+        logging.getLogger("somelib").warning("after-logger-line")
+        assert logging.getLogger().handlers == handlers and sys.excepthook is hook
+        sys.exit(1)
     """
 )
 MARKERS = [
@@ -312,21 +322,23 @@ def _run_redirected(log: Path, verbose: bool) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_redirect_logs_sends_everything_but_the_console_to_the_log(tmp_path):
+def test_the_study_log_takes_everything_but_the_console_and_gives_it_back(tmp_path):
     log = tmp_path / "logs" / "study.log"
     run = _run_redirected(log, verbose=False)
-    assert run.returncode == 1
+    assert run.returncode == 1, run.stderr
     assert run.stdout == (
         f"console-line\nerror: bad-input-line\nerror: RuntimeError: boom (details in {log})\n"
+        "after-line\n"
     )
-    assert run.stderr == ""
+    assert run.stderr == "after-fd2-line\nafter-logger-line\n"
     text = log.read_text()
     for marker in [*MARKERS, "error: bad-input-line"]:
         assert marker in text, marker
     assert "Traceback" in text and "RuntimeError: boom" in text
+    assert "after" not in text
 
 
-def test_redirect_logs_verbose_changes_nothing(tmp_path):
+def test_a_verbose_study_log_changes_nothing(tmp_path):
     log = tmp_path / "study.log"
     run = _run_redirected(log, verbose=True)
     assert run.returncode == 0, run.stderr

@@ -23,7 +23,6 @@ from study.scheduler import (
     rung_decisions,
     rung_rounds,
     stopped_configs,
-    tell_optuna_pruned,
     validate_scheduler_settings,
 )
 
@@ -413,8 +412,8 @@ def test_optuna_records_a_stopped_configuration_as_pruned(kind):
     s.on_trial_complete("t0", {"val_clean_acc": 0.8, "val_robust_acc": 0.3})
     s.on_trial_complete("t1", {"val_clean_acc": 0.3, "val_robust_acc": 0.8})
     # t2 was stopped after a first round that looked excellent: that figure must not count.
-    tell_optuna_pruned(s, "t2")
-    tell_optuna_pruned(s, "t2")  # again: nothing happens
+    # No result and no error is how the replicate searcher tells it (study/replicates.py).
+    s.on_trial_complete("t2", result=None, error=False)
     # What Tune itself does with a stopped trial: COMPLETE with its cut-off values, which
     # then sit on the front (t3 is dominated by neither t0 nor t1).
     s.on_trial_complete("t3", {"val_clean_acc": 0.35, "val_robust_acc": 0.35})
@@ -428,10 +427,6 @@ def test_optuna_records_a_stopped_configuration_as_pruned(kind):
     ]
     assert study.trials[2].values is None
     assert sorted(t.number for t in study.best_trials) == [0, 1, 3]  # not the pruned t2
-    with pytest.raises(ValueError, match="already finished"):
-        tell_optuna_pruned(s, "t3")
-    with pytest.raises(KeyError):
-        tell_optuna_pruned(s, "never-suggested")
     # The sampler goes on with the model (TPE: past its 2 startup trials) or the population.
     for i in range(4, 8):
         assert 0.0 <= s.suggest(f"t{i}")["x"] <= 1.0
@@ -447,7 +442,7 @@ def test_tpe_puts_a_pruned_trial_among_the_bad_ones():
     for i in range(3):
         s.suggest(f"t{i}")
     s.on_trial_complete("t0", {"val_clean_acc": 0.8, "val_robust_acc": 0.3})
-    tell_optuna_pruned(s, "t1")
+    s.on_trial_complete("t1", result=None, error=False)
     s.on_trial_complete("t2", {"val_clean_acc": 0.1, "val_robust_acc": 0.1})
     study = s._ot_study
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
