@@ -111,7 +111,7 @@ def _settings_html(settings: dict) -> str:
     )
 
 
-# --- the protocol's tables (written by study.sweep.summarize and study.confirm) --------------
+# --- the protocol's tables (written by study.outputs) --------------
 
 
 def mark_stopped(trials: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:

@@ -19,11 +19,11 @@ import torch
 
 from benchmarks.output import emit_json
 from trainables.augment import resolve
-from trainables.base import base_trial_config, train_base_locally
+from trainables.base import base_trial_config
 from trainables.config import make_trial_config
 from trainables.data import load_splits
 from trainables.evaluate import accuracy
-from trainables.refine import build_trial_model
+from trainables.refine import build_trial_model, train_base_locally
 
 BUDGET_S = 15 * 60
 TARGET_ACC = 0.80

@@ -4,7 +4,7 @@
                                         [--data-dir CIFAR] [--seeds 0 1 2] [--num-samples 9]
                                         [--rounds 4] [--replicates 1] [--confirm-seeds 2]
 
-For every seed, two real studies of the preset (`study.sweep.run_study`, each on its own local
+For every seed, two real studies of the preset (`study.stages.run_study`, each on its own local
 Ray): one with `scheduler: {type: fifo}`, one with `{type: mo-asha, grace_rounds: 1,
 reduction_factor: 3}`; everything else equal (Optuna's sampler, the seed, `--num-samples`
 configurations x `--replicates` seeds, `--rounds` refinement rounds per trial, so the scheduler
@@ -149,7 +149,7 @@ def check_inputs(settings: Settings, storage: str) -> None:
     settings the study would reject, CIFAR without --data-dir or with data that does not load
     (read once here, as `python -m study.sweep` checks it)."""
     from study.config import ConfigError, load_config
-    from study.sweep import check_data
+    from study.preflight import check_data
 
     if settings.preset not in PRESET_OVERRIDES:
         raise ConfigError(
@@ -198,7 +198,7 @@ def run_preset_study(scheduler: str, seed: int, settings: Settings, storage: str
     import ray
 
     from study.config import load_config
-    from study.sweep import run_study
+    from study.stages import run_study
 
     overrides = study_overrides(scheduler, seed, settings, storage)
     cfg = load_config(None, overrides)
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None, run: Runner = run_preset_study) -> int:
         p.error("--trial-overrides: a JSON object of trial settings")
     from study.config import ConfigError
     from study.console import print_error
-    from study.status import StageInterrupted
+    from study.stages import StageInterrupted
 
     data_dir = None if args.data_dir is None else os.path.abspath(os.path.expanduser(args.data_dir))
     settings = Settings(

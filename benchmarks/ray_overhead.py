@@ -20,7 +20,8 @@ import torch
 
 from benchmarks.output import emit_json
 from study.config import PRESETS, load_config
-from study.sweep import connect_ray, run_study, with_gpus_per_trial
+from study.preflight import with_gpus_per_trial
+from study.stages import connect_ray, run_study
 from trainables.refine import refine
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.search_efficiency --seeds 0 1 2 --num-samples 16
 
-For every seed, one digits-preset study per searcher (`study.sweep.run_study`, searcher "optuna"
+For every seed, one digits-preset study per searcher (`study.stages.run_study`, searcher "optuna"
 = multivariate TPE, "random" = Optuna's RandomSampler; everything else equal), then the
 hypervolume of the final front of finished trials: accuracies as fractions, reference point
 (0, 0), so 1.0 would be a perfect model. Writes search_efficiency.csv (one row per study),
@@ -37,7 +37,7 @@ def run_digits_study(searcher: str, seed: int, num_samples: int, storage: str) -
     import ray
 
     from study.config import load_config
-    from study.sweep import run_study
+    from study.stages import run_study
 
     name = f"digits-{searcher}-seed{seed}"
     study_dir = os.path.join(storage, name)

@@ -18,20 +18,18 @@ from trainables.base import (
     ensure_base,
 )
 from trainables.config import TrialConfig, make_trial_config
+from trainables.refine import load_trial_splits
+from trainables.trial import run_base
 
 
 def study_data_fingerprint(cfg: StudyConfig) -> str:
     """The fingerprint of the training images every base of the study trains on (loaded here,
     in the driver, with the test split sealed)."""
-    from trainables.refine import load_trial_splits
-
     return data_fingerprint(load_trial_splits(cfg.trial))
 
 
 def ray_trainer(cfg: StudyConfig) -> BaseTrainer:
     """Bases train as Ray Train runs, their checkpoints under the study's train_runs."""
-    from trainables.trial import run_base  # Ray Train: only when a base is trained
-
     storage = join(cfg.study_dir, TRAIN_RUNS_DIR)
     return lambda base_cfg: run_base(base_cfg, storage)
 

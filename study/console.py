@@ -401,6 +401,14 @@ def _flush_all() -> None:
             stream.flush()
 
 
+def exit_code_of_reported(error: BaseException) -> int:
+    """The exit code of an error the StudyLog already reported (traceback in the log, one line
+    on the console); any other error propagates with its traceback."""
+    if not getattr(error, "reported", False):
+        raise error
+    return 130 if isinstance(error, KeyboardInterrupt) else 1
+
+
 def quiet_ray_kwargs(verbose: bool = False) -> dict[str, Any]:
     """Keyword arguments for ray.init.
 

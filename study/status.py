@@ -8,7 +8,8 @@ study, or "finished".
 It reads only the study's files (never Ray), so it works while the study runs, after it was
 interrupted, and on another machine. "running" is what Tune last recorded: for an interrupted
 study those trials are the ones that were running when it stopped (see "last update").
-`fit_stage` reads the same saved state to tell a stage that finished from one Ctrl-C stopped.
+study.stages.fit_stage reads the same saved state to tell a stage that finished from one Ctrl-C
+stopped.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow.fs as pafs
 
+from analysis.replicates import aggregate_configs, config_front
 from analysis.results import load_study_settings, load_trials, objectives_of
 from analysis.tables import (
     STAGES,
@@ -107,28 +109,6 @@ def _last_update(fs: pafs.FileSystem, root: str) -> float | None:
     return newest
 
 
-class StageInterrupted(RuntimeError):
-    """A stage ended with trials unfinished: Ctrl-C (or SIGUSR1) made Tune stop it, save its
-    state and return from fit() as if it had finished (ray/tune/tune.py, lines 1005-1022).
-    Here, not in study/sweep.py: `python -m study.sweep` runs that module as __main__, where a
-    second copy of the class would not catch the one study/confirm.py raises."""
-
-
-def fit_stage(tuner, path: str, total: int, stage: str) -> None:
-    """tuner.fit(), then raise StageInterrupted unless all `total` trials of the stage finished
-    (TERMINATED or ERROR) in the experiment state Tune saved last. fit()'s own result cannot
-    tell: after an interrupt Tune saves the trials it stops as RUNNING, then marks them
-    TERMINATED in memory (tune_controller.py, `_cleanup_trials`)."""
-    tuner.fit()
-    trials = load_trials(path)
-    trials = trials[trials["experiment"] == path.rstrip("/").rsplit("/", 1)[-1]]
-    finished = int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
-    if finished < total:
-        raise StageInterrupted(
-            f"the {stage} stage stopped with {total - finished} of its {total} trials unfinished"
-        )
-
-
 def resume_command(study_dir: str, settings: dict) -> str:
     """`python -m study.sweep --resume --name NAME --storage STORAGE`, from study.json, unless
     the study directory has moved since (then from where it is now)."""
@@ -210,8 +190,6 @@ def summarize_study(study_dir: str | os.PathLike) -> StudySummary:
     front, n_configs = None, 0
     search = trials[trials["stage"] == "search"]
     if (search["status"] == "TERMINATED").any():
-        from analysis.replicates import aggregate_configs, config_front
-
         configs = aggregate_configs(search, objectives, searched)
         n_configs = len(configs)
         if not configs.empty:

@@ -12,7 +12,7 @@ import pytest
 
 from analysis import report
 from analysis.replicates import t_interval
-from study import confirm, sweep
+from study import outputs, stages, sweep
 from study.config import (
     ABLATION_VARIANTS,
     CONFIRM_SEED_OFFSET,
@@ -91,7 +91,7 @@ def test_a_bad_ablation_exits_before_anything_starts(tmp_path, capsys, monkeypat
     def no_ray(*_args, **_kwargs):
         raise AssertionError("Ray was started for a bad input")
 
-    monkeypatch.setattr(sweep, "connect_ray", no_ray)
+    monkeypatch.setattr(stages, "connect_ray", no_ray)
     path = tmp_path / "ablation.yaml"
     path.write_text(json.dumps({"ablation": SETTING}))  # JSON is YAML
     code = sweep.main(
@@ -107,7 +107,7 @@ def test_a_bad_ablation_exits_before_anything_starts(tmp_path, capsys, monkeypat
 
 def test_each_variant_switches_one_component_at_the_replicate_seeds(tmp_path):
     cfg = _ablation(tmp_path, replicates=3, seed=7, trial={"seed": 7})
-    points = sweep.ablation_points(cfg)
+    points = stages.ablation_points(cfg)
     assert [p["config_id"] for p in points] == [v for v in VARIANTS for _ in range(3)]
     assert [p["replicate"] for p in points] == [0, 1, 2] * 5
     assert [p["seed"] for p in points] == [7, 8, 9] * 5  # the baselines' seeds: paired
@@ -126,28 +126,28 @@ def test_each_variant_switches_one_component_at_the_replicate_seeds(tmp_path):
         assert set(differs) - bookkeeping == set(switch)
         assert {k: differs[k] for k in switch} == switch
     # the baselines keep the study's trial config (the search study's baselines)
-    base = sweep.baseline_points(cfg)
+    base = stages.baseline_points(cfg)
     assert base and {p["epsilon"] for p in base} == {cfg.trial.epsilon}
 
 
 def test_the_confirmation_retrains_every_variant_and_the_baselines(tmp_path):
     cfg = _ablation(tmp_path, name="abl", baselines=["pgd_at"], confirm_seeds=2)
-    points = [*sweep.ablation_points(cfg), *sweep.baseline_points(cfg)]
+    points = [*stages.ablation_points(cfg), *stages.baseline_points(cfg)]
     trials = pd.DataFrame([{f"config/{k}": v for k, v in p.items()} for p in points])
     out = tmp_path / "abl"
     out.mkdir()
     with pytest.raises(ConfigError, match="has no front yet"):  # the search has not run
-        confirm.confirmed_ids(cfg)
+        outputs.confirmed_ids(cfg)
     configs = pd.DataFrame({"config_id": VARIANTS[:-1], "val_clean_acc_mean": 0.5})
     configs.to_csv(out / "configs.csv", index=False)
     configs.to_csv(out / "pareto.csv", index=False)
     with pytest.raises(ConfigError, match="no_adversarial has no finished trial"):
-        confirm.confirmed_ids(cfg)
+        outputs.confirmed_ids(cfg)
     configs = pd.DataFrame({"config_id": VARIANTS, "val_clean_acc_mean": 0.5})
     configs.to_csv(out / "configs.csv", index=False)
-    ids = confirm.confirmed_ids(cfg)  # every variant, on the front or not
+    ids = outputs.confirmed_ids(cfg)  # every variant, on the front or not
     assert ids == VARIANTS
-    planned = confirm.confirmation_points(cfg, trials, ids, cfg.confirm_seeds)
+    planned = stages.confirmation_points(cfg, trials, ids, cfg.confirm_seeds)
     assert [p["config_id"] for p in planned] == [v for v in [*VARIANTS, "pgd_at"] for _ in "ab"]
     assert {p["seed"] for p in planned} == {CONFIRM_SEED_OFFSET, CONFIRM_SEED_OFFSET + 1}
     assert {p["stage"] for p in planned} == {"confirm"}
@@ -203,7 +203,7 @@ def _confirmation() -> pd.DataFrame:
 
 @pytest.fixture
 def ablation_tables(tmp_path, monkeypatch):
-    """study.confirm.write_confirmation_tables on a hand-made ablation (no Tune files: the trial
+    """study.outputs.write_confirmation_tables on a hand-made ablation (no Tune files: the trial
     table it reads is the one above, with the search-stage rows); the directory is a study the
     report and study.status read."""
     cfg = _ablation(tmp_path, name="abl", baselines=["pgd_at"], confirm_seeds=3)
@@ -232,8 +232,8 @@ def ablation_tables(tmp_path, monkeypatch):
             "val_robust_acc_mean": [0.41],
         }
     ).to_csv(out_dir / "pareto.csv", index=False)
-    monkeypatch.setattr(sweep, "write_trials_table", lambda _cfg: trials)
-    answer, ablation = confirm.write_confirmation_tables(cfg)
+    monkeypatch.setattr(outputs, "write_trials_table", lambda _cfg: trials)
+    answer, ablation = outputs.write_confirmation_tables(cfg)
     return out_dir, answer, ablation
 
 
@@ -280,7 +280,7 @@ def test_without_its_reference_a_paired_table_is_empty():
     assert answer_table(no_pgd_at).empty and answer_table(no_full, reference="full").empty
     out = io.StringIO()
     with redirect_stdout(out):
-        sweep.print_answer(answer_table(no_pgd_at), answer_table(no_full, reference="full"))
+        outputs.print_answer(answer_table(no_pgd_at), answer_table(no_full, reference="full"))
     assert "No answer table: PGD-AT" in out.getvalue()
     assert "No ablation table: the full setting was not confirmed" in out.getvalue()
 
@@ -289,7 +289,7 @@ def test_the_console_the_status_and_the_report_show_the_ablation(ablation_tables
     out_dir, answer, ablation = ablation_tables
     out = io.StringIO()
     with redirect_stdout(out):
-        sweep.print_answer(answer, ablation)
+        outputs.print_answer(answer, ablation)
     text = out.getvalue()
     assert text.index("The answer") < text.index("The ablation (test split, each variant minus")
     line = next(x for x in text.splitlines() if x.split()[:2] == ["no_masking", "full"])

@@ -563,7 +563,7 @@ def test_mark_stopped_and_search_stage():
 
 def _handmade_study(path) -> dict:
     """A study directory holding only the sweep's tables (made by the same helpers as
-    study.sweep.summarize and study.confirm.write_confirmation_tables), no Tune files."""
+    study.sweep.summarize and study.outputs.write_confirmation_tables), no Tune files."""
     from analysis.replicates import (
         aggregate_configs,
         answer_table,

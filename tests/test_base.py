@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from study import sweep
+from study import stages, sweep
 from study.base import confirmation_bases, prepare_base, write_base_record
 from study.config import ConfigError, build_study_config, confirm_seed
-from study.confirm import confirmation_points
+from study.stages import confirmation_points
 from tests.conftest import TINY_TRIAL
 from trainables import base as basemod
 from trainables.base import (
@@ -25,10 +25,9 @@ from trainables.base import (
     ensure_base,
     load_base_weights,
     read_cached,
-    train_base_locally,
 )
 from trainables.data import load_splits, subset
-from trainables.refine import initial_model, load_trial_splits, refine
+from trainables.refine import initial_model, load_trial_splits, refine, train_base_locally
 
 BASE = {"method": "erm", "epochs": 1}
 CHEAP_EVAL = {"eval_steps": 2, "blackbox_queries": 20}  # each base evaluates itself once
@@ -152,7 +151,7 @@ def test_second_study_in_the_same_storage_reuses_the_base(tmp_path, digits_fp):
     assert train.calls == 1 and second.trial.base_checkpoint == path
     assert len(lines) == 1 and lines[0].startswith("[base] reusing") and "no training" in lines[0]
     # the baselines refine it too: every point carries the base
-    assert {p["base_checkpoint"] for p in sweep.baseline_points(second)} == {path}
+    assert {p["base_checkpoint"] for p in stages.baseline_points(second)} == {path}
     # no base: unchanged
     scratch = _study(tmp_path, "three", base=None)
     assert prepare_base(scratch, train, digits_fp) is scratch and train.calls == 1

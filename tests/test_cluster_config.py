@@ -32,7 +32,7 @@ def _cluster() -> dict:
 
 
 def test_check_cluster_passes():
-    from study.sweep import check_cluster_file
+    from study.preflight import check_cluster_file
 
     try:
         check_cluster_file(str(REPO / "cluster.yaml"))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from study import sweep
+from study import outputs, preflight, stages, sweep
 from study.config import PRESETS, ConfigError, load_config
 from tests.conftest import REPO
 from trainables.base import base_trial_config
@@ -83,7 +83,7 @@ def test_cli_bad_input_exits_before_anything_starts(tmp_path, capsys, monkeypatc
     def no_ray(*_args, **_kwargs):
         raise AssertionError("Ray was started for a bad input")
 
-    monkeypatch.setattr(sweep, "connect_ray", no_ray)
+    monkeypatch.setattr(stages, "connect_ray", no_ray)
     code, err = _run_main(tmp_path, capsys, *argv)
     assert code == 2
     assert err.startswith("error: ") and fragment in err and "\n" not in err
@@ -128,14 +128,14 @@ def test_cli_help_and_exit_code_from_a_real_process():
 
 
 def test_a_cluster_that_cannot_hold_one_trial_is_named_on_the_console():
-    cfg = sweep.with_gpus_per_trial(load_config(None, {}), 1.0)  # one GPU per trial
-    warning = sweep.resource_shortfall(cfg, {"CPU": 2.0})
+    cfg = preflight.with_gpus_per_trial(load_config(None, {}), 1.0)  # one GPU per trial
+    warning = preflight.resource_shortfall(cfg, {"CPU": 2.0})
     assert warning.startswith("warning: a trial needs 1 GPU (the cluster has 0)")
-    assert sweep.resource_shortfall(cfg, {"CPU": 2.0, "GPU": 1.0}) is None
-    assert sweep.resource_shortfall(load_config(None, {}), {"CPU": 2.0}) is None
+    assert preflight.resource_shortfall(cfg, {"CPU": 2.0, "GPU": 1.0}) is None
+    assert preflight.resource_shortfall(load_config(None, {}), {"CPU": 2.0}) is None
     cpu_study = load_config(None, {"preset": "cifar10-cpu"})  # its base trains on 2 CPUs
-    assert sweep.resource_shortfall(cpu_study, {"CPU": 2.0}) is None
-    warning = sweep.resource_shortfall(cpu_study, {"CPU": 1.0})
+    assert preflight.resource_shortfall(cpu_study, {"CPU": 2.0}) is None
+    warning = preflight.resource_shortfall(cpu_study, {"CPU": 1.0})
     assert warning.startswith("warning: the base needs 2 CPU (the cluster has 1)")
 
 
@@ -155,7 +155,6 @@ def test_confirm_eval_sets_the_test_evaluation_of_the_confirmation_points(tmp_pa
 
     import pandas as pd
 
-    from study import confirm
     from study.config import build_study_config
 
     values = {"name": "s", "storage": str(tmp_path), "baselines": ["pgd_at"], "confirm_seeds": 2}
@@ -163,8 +162,8 @@ def test_confirm_eval_sets_the_test_evaluation_of_the_confirmation_points(tmp_pa
     assert cfg.confirm_eval == {"final_eval_subset": 7, "eval_grid": ""}
     assert build_study_config(json.loads(json.dumps(cfg.to_dict()))) == cfg  # study.json
     trials = pd.DataFrame([{f"config/{k}": v for k, v in p.items()} for p in
-                           sweep.baseline_points(cfg)])  # fmt: skip
-    points = confirm.confirmation_points(cfg, trials, [], cfg.confirm_seeds)
+                           stages.baseline_points(cfg)])  # fmt: skip
+    points = stages.confirmation_points(cfg, trials, [], cfg.confirm_seeds)
     assert [p["final_eval_subset"] for p in points] == [7, 7]
     assert {p["epsilon"] for p in points} == {cfg.trial.epsilon}  # training untouched
     for bad, message in [
@@ -182,7 +181,7 @@ def test_confirm_eval_on_the_command_line_is_kept_in_study_json(tmp_path, capsys
     from study import confirm
 
     cfg = load_config(None, {"name": "s", "storage": str(tmp_path)})
-    sweep.write_study_file(cfg)
+    outputs.write_study_file(cfg)
     study_dir = tmp_path / "s"
     # no front yet: the error comes after the settings are read, checked and kept
     assert confirm.main([str(study_dir), "--eval", "final_eval_subset=9"]) == 2
@@ -197,7 +196,6 @@ def test_confirm_eval_on_the_command_line_is_kept_in_study_json(tmp_path, capsys
 
 
 def test_a_confirmation_rerun_with_another_plan_keeps_the_old_tables_beside(tmp_path):
-    from study import confirm
     from study.store import StudyStore
 
     out = tmp_path / "s"
@@ -205,7 +203,7 @@ def test_a_confirmation_rerun_with_another_plan_keeps_the_old_tables_beside(tmp_
     old = {"answer.csv", "confirmed.csv", "confirmation_plan.json"}
     for name in old:
         (out / name).write_text("old\n")
-    confirm._archive_previous(StudyStore(out))
+    stages._archive_previous(StudyStore(out))
     left = sorted(p.name for p in out.iterdir())
     assert not (old | {"confirmation"}) & set(left)
     assert {n.split(".2")[0] for n in left} == old | {"confirmation"}  # name.<date> each

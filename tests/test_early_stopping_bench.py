@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _trial(trial_id, experiment, stage, config_id, status="TERMINATED", seconds=10.0, **extra):
     """One trials.csv row with the columns analysis.results.load_trials and
-    study.sweep.write_trials_table write (a subset of the metrics)."""
+    study.outputs.write_trials_table write (a subset of the metrics)."""
     return {
         "trial_id": trial_id,
         "experiment": experiment,
@@ -387,7 +387,7 @@ def test_main_rejects_bad_input_in_one_line_before_any_study(tmp_path, capsys, a
 
 
 def test_main_cifar_writes_its_own_results_beside_digits(tmp_path, monkeypatch):
-    monkeypatch.setattr("study.sweep.check_data", lambda cfg: None)  # no CIFAR-10 read here
+    monkeypatch.setattr("study.preflight.check_data", lambda cfg: None)  # no CIFAR-10 read here
     ran = []
 
     def fake_run(scheduler, seed, settings, storage):

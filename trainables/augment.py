@@ -4,7 +4,8 @@
 Hand-written rather than torchvision.transforms.v2 because those draw one random transform per
 call, so a batch needs a Python loop over images; here one indexing operation moves the whole
 batch, and the same draw moves the batch's per-pixel LIME weight maps with their images.
-Seeded by the caller's generator (on the CPU, so a run is reproducible on any device).
+Seeded by the caller's generator, on the images' device so a GPU draws nothing on the host: the
+same seed gives the same augmentation on the same device type, not across CPU and GPU.
 """
 
 import torch
@@ -24,11 +25,12 @@ def resolve(name: str, dataset: str) -> str:
 def flip_translate(
     tensors: tuple[torch.Tensor, ...], generator: torch.Generator, pad: int = 4
 ) -> tuple[torch.Tensor, ...]:
-    """The same random translation and flip applied to each (N, C, H, W) tensor of the tuple."""
+    """The same random translation and flip applied to each (N, C, H, W) tensor of the tuple;
+    `generator` must be on the tensors' device."""
     n, _, h, w = tensors[0].shape
     device = tensors[0].device
-    shift = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+    shift = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=device)
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
     rows = (torch.arange(h, device=device)[None, :] + shift[0][:, None])[:, :, None]  # (n, h, 1)
     cols = torch.arange(w, device=device)[None, :] + shift[1][:, None]  # (n, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]  # (n, 1, w)

@@ -23,14 +23,17 @@ never used. Local paths and URIs (s3://...) both work, through pyarrow's file sy
 import hashlib
 import io
 import json
+import os
 import pickle
 import posixpath
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 
+from trainables.augment import resolve
 from trainables.config import (
     METHODS,
     TEST_EVAL_KEYS,
@@ -180,8 +183,6 @@ def data_fingerprint(splits) -> str:
 
 def base_weight_config(cfg: TrialConfig) -> dict[str, Any]:
     """The keys of a base's trial config that decide its weights (augment resolved)."""
-    from trainables.augment import resolve
-
     ignored = _NOT_WEIGHTS | _UNUSED_BY_METHOD.get(cfg.method, set())
     out = {k: v for k, v in vars(cfg).items() if k not in ignored}
     out["augment"] = resolve(cfg.augment, cfg.dataset)
@@ -207,10 +208,6 @@ def model_path(storage: str, key: str) -> str:
 
 
 def _fs(uri: str):
-    import os
-
-    import pyarrow.fs as pafs
-
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
     return pafs.FileSystem.from_uri(uri)
@@ -252,8 +249,6 @@ def load_base_weights(uri: str) -> dict[str, torch.Tensor]:
 def read_cached(storage: str, key: str) -> tuple[dict[str, Any] | None, str]:
     """(base.json's contents, "") for a complete, intact cache entry; (None, why) otherwise,
     with why "" for an entry that does not exist."""
-    import pyarrow.fs as pafs
-
     fs, root = _fs(base_dir(storage, key))
     info_path = posixpath.join(root, INFO_FILE)
     if fs.get_file_info(info_path).type == pafs.FileType.NotFound:
@@ -280,8 +275,6 @@ def store_base(
 ) -> dict[str, Any]:
     """Write model.pt, its SHA-256 sidecar and, last, base.json (an entry without base.json is
     incomplete and never used); returns the base.json contents."""
-    import pyarrow.fs as pafs
-
     fs, root = _fs(base_dir(storage, key))
     fs.create_dir(root, recursive=True)
     info_path = posixpath.join(root, INFO_FILE)
@@ -299,16 +292,6 @@ def store_base(
 
 
 # --- training or reusing ---------------------------------------------------------------------
-
-
-def train_base_locally(cfg: TrialConfig, splits=None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Train a base in this process (plain refine(), no Ray): the tests' and notebooks' path.
-    The study's path is trainables.trial.run_base (the same refine() in a Ray Train worker)."""
-    from trainables.refine import refine
-
-    kept: dict[str, Any] = {}
-    metrics = refine(cfg, report=lambda m, state: kept.update(state or {}), splits=splits)
-    return kept["model"], metrics
 
 
 def ensure_base(

@@ -22,6 +22,7 @@ MASK_STRATEGIES = ("least_important", "most_important")
 MASK_FILLS = ("mean", "zero", "blur")
 REG_WEIGHTINGS = ("uniform", "lime")
 TRAIN_ATTACKS = ("pgd", "fgsm", "none")
+AMP_MODES = ("none", "bf16")
 STAGES = ("search", "baseline", "confirm")
 
 
@@ -62,6 +63,10 @@ class TrialConfig:
     lr: float = 0.05
     weight_decay: float = 5e-4
     augment: str = "auto"  # flip_translate | none | auto (flip_translate for CIFAR, none else)
+    # mixed precision, opt-in: "bf16" runs lime_refine's and pgd_at's training attack and the
+    # cross-entropy on its adversarial example under bfloat16 autocast (trainables/refine.py
+    # training_loss); the input-gradient penalty, the other methods and evaluation stay float32
+    amp: str = "none"
     # LIME explanation of the pool
     pool_size: int = 64
     lime_samples: int = 300
@@ -142,6 +147,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "lr": (lambda v: 0 < v <= 10, "must be in (0, 10]"),
     "weight_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "augment": (lambda v: v in AUGMENTATIONS, f"must be one of {AUGMENTATIONS}"),
+    "amp": (lambda v: v in AMP_MODES, f"must be one of {AMP_MODES}"),
     "pool_size": (lambda v: 0 <= v <= 1_000_000, "must be in [0, 1000000]"),
     "lime_samples": (lambda v: 10 <= v <= 100_000, "must be in [10, 100000]"),
     "lime_backend": (lambda v: v in BACKENDS, f"must be one of {BACKENDS}"),

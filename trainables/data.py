@@ -89,7 +89,7 @@ def _splits(name, train_x, train_y, test_x, test_y, classes, val_size: int, with
     """Build Splits from uint8 NHWC (or float NCHW) arrays: carve `val_size` validation images
     from the training set (stratified, fixed seed), then compute the statistics on what is left.
     """
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # scikit-learn: not in every process
 
     train_y = np.asarray(train_y, dtype=np.int64)
     if not 0 < val_size < len(train_x) - len(classes):
@@ -129,7 +129,7 @@ def _splits(name, train_x, train_y, test_x, test_y, classes, val_size: int, with
 def load_digits_splits(val_size: int = 300, with_test: bool = True) -> Splits:
     """scikit-learn's 1,797 real 8x8 digits in [0, 1]: a fixed stratified 75/25 train/test split,
     then `val_size` validation images carved from the training part."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn: not in every process
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
@@ -145,7 +145,7 @@ def load_digits_splits(val_size: int = 300, with_test: bool = True) -> Splits:
 
 
 def _torchvision_cifar(name: str, root: Path, download: bool):
-    from torchvision import datasets
+    from torchvision import datasets  # torchvision pulls in torch._dynamo (~2 s): when used
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     train = cls(str(root), train=True, download=download)

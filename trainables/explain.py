@@ -105,7 +105,7 @@ def _rng(seed: int, index: int) -> np.random.RandomState:
 
 
 def _lime_backend(model, images, labels, segments, num_samples, seed, first_index):
-    from lime import lime_image
+    from lime import lime_image  # the reference back end only: lime imports scikit-image
 
     device, channels = _device(model), images.shape[1]
 

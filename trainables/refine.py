@@ -36,6 +36,10 @@ Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], list[E
 # report(metrics, state): state is the checkpoint to keep (None: no checkpoint this time)
 Reporter = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
+# The loop checks its losses for NaN or inf every this many steps and at each epoch's end, not
+# every step: a check reads them on the host, which waits for the GPU to finish its queued work.
+FINITE_CHECK_EVERY = 16
+
 
 # --- explanations -> masks and weight maps --------------------------------------------------
 
@@ -111,6 +115,15 @@ def _train_attack(cfg: TrialConfig, step: int):
     return PGD(cfg.epsilon, steps=cfg.attack_steps, norm=cfg.attack_norm, seed=seed)
 
 
+def _autocast(cfg: TrialConfig, device: torch.device):
+    """bfloat16 autocast where the trial asks for it (amp "bf16"); otherwise it changes nothing.
+
+    Parameters and their gradients stay float32 (autocast casts per op, and a cast's backward
+    returns float32); bf16 has float32's exponent range, so no loss scaling is needed.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
+
+
 def _adversarial(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Attack in eval() mode so the attack's own forward passes do not move BatchNorm stats."""
     if attack is None:
@@ -130,13 +143,22 @@ def training_loss(
     step: int,
     reg_scale: float = 1.0,
 ) -> torch.Tensor:
-    """The loss of one batch for the trial's method; reg_scale multiplies reg_weight (warm-up)."""
+    """The loss of one batch for the trial's method; reg_scale multiplies reg_weight (warm-up).
+
+    With amp "bf16", lime_refine's and pgd_at's attack (its forward and backward passes) and
+    the forward pass on the adversarial example (and so its backward) run in bfloat16: the
+    attack is most of a step's work and uses only its gradient's sign or direction, and the
+    training pass is plain mixed-precision training. The cross-entropy itself runs in float32 on
+    bf16 logits (autocast's float32 list). The input-gradient penalty, a double backward through
+    gradients whose small terms bf16's 8-bit mantissa would round away, runs outside autocast.
+    """
     if cfg.method == "erm":
         return F.cross_entropy(model(x), y)
     if cfg.method == "pgd_at":
         attack = PGD(cfg.epsilon, steps=cfg.attack_steps, norm=cfg.attack_norm, seed=step)
-        x_adv = _adversarial(model, attack, x, y)
-        return F.cross_entropy(model(x_adv), y)
+        with _autocast(cfg, x.device):
+            x_adv = _adversarial(model, attack, x, y)
+            return F.cross_entropy(model(x_adv), y)
     if cfg.method == "ig_norm":
         return objectives.ig_norm_loss(
             model, x, y, lam=cfg.baseline_weight, steps=cfg.ig_steps, eps=cfg.epsilon,
@@ -152,9 +174,10 @@ def training_loss(
             model, x, y, beta=cfg.baseline_weight, eps=cfg.epsilon, steps=cfg.attack_steps
         )
     # lime_refine: adversarial cross-entropy + LIME-weighted input-gradient penalty
-    x_adv = _adversarial(model, _train_attack(cfg, step), x, y)
-    loss = F.cross_entropy(model(x_adv), y)
-    if cfg.reg_weight > 0 and reg_scale > 0:
+    with _autocast(cfg, x.device):
+        x_adv = _adversarial(model, _train_attack(cfg, step), x, y)
+        loss = F.cross_entropy(model(x_adv), y)
+    if cfg.reg_weight > 0 and reg_scale > 0:  # float32: outside autocast
         weights = weight_map if cfg.reg_weighting == "lime" else None
         loss = loss + reg_scale * cfg.reg_weight * objectives.input_gradient_penalty(
             model, x, y, weights
@@ -297,6 +320,26 @@ def model_spec(cfg: TrialConfig, splits: Splits) -> dict[str, Any]:
     return spec
 
 
+def _check_finite(
+    losses: torch.Tensor, start: int, end: int, first: int, round_: int, world: int
+) -> int:
+    """Raise FloatingPointError, on every rank, when any rank's losses[start:end] hold NaN or
+    inf (losses[i] is step first + i); returns `end`, the index checked up to. One host sync.
+
+    A diverged run takes up to FINITE_CHECK_EVERY - 1 steps more before it stops; it reports
+    no checkpoint past the divergence, since the loop reports only after an epoch's check.
+    """
+    bad = torch.nonzero(~torch.isfinite(losses[start:end])).flatten().tolist()
+    if distributed.on_any_rank(bool(bad), world, losses.device):
+        if bad:
+            i = start + bad[0]
+            where = f"{losses[i].item()} at round {round_}, step {first + i}"
+        else:
+            where = f"non-finite on another rank at round {round_}, by step {first + end - 1}"
+        raise FloatingPointError(f"loss became {where}: lower lr, reg_weight or baseline_weight")
+    return end
+
+
 def refine(
     cfg: TrialConfig,
     *,
@@ -328,6 +371,11 @@ def refine(
     model = (initial_model if state is None else build_trial_model)(cfg, splits).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        # Let cuDNN time its kernels for each new input shape and keep the fastest: a trial has
+        # few shapes (the batch, an epoch's last, the evaluation's) and meets each many times.
+        # Its choice may differ between runs, so GPU runs may differ in the last bits (as cuDNN's
+        # default, non-deterministic kernels already made them); the random draws still repeat.
+        torch.backends.cudnn.benchmark = True
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
     )
@@ -352,41 +400,49 @@ def refine(
         t_lime = time.perf_counter() - t0
 
         model.train()
+        # the round's data goes to the device once; batches are indexed there
+        xs, ys, maps = xs.to(device), ys.to(device), maps.to(device)
         steps_per_epoch = math.ceil(len(xs) / cfg.batch_size)
         total_steps = cfg.rounds * cfg.epochs_per_round * steps_per_epoch
-        losses = []
+        # each step's loss, kept on the device (no host sync per step); losses[i] is step first + i
+        losses = torch.zeros(cfg.epochs_per_round * steps_per_epoch, device=device)
+        first, done, checked = step, 0, 0
         augmentation = augment.resolve(cfg.augment, cfg.dataset)
         for epoch in range(cfg.epochs_per_round):
-            gen = torch.Generator().manual_seed(cfg.seed * 104729 + round_ * 1000 + epoch)
-            order = torch.randperm(len(xs), generator=gen)
+            seed = cfg.seed * 104729 + round_ * 1000 + epoch
+            gen = torch.Generator().manual_seed(seed)
+            # The batch order is drawn on the CPU, augmentation on the images' device (nothing
+            # drawn on the host per step). On the CPU one generator serves both, interleaved, as
+            # it always has, so CPU runs keep their numbers.
+            aug_gen = gen
+            if device.type != "cpu":
+                aug_gen = torch.Generator(device=device).manual_seed(seed)
+            order = torch.randperm(len(xs), generator=gen).to(device)
             for b in range(steps_per_epoch):
                 batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank::world]
                 if len(batch) == 0:
                     continue
-                x, y = xs[batch].to(device), ys[batch].to(device)
-                w = maps[batch].to(device)
+                x, y, w = xs[batch], ys[batch], maps[batch]
                 if augmentation == "flip_translate":  # the weight map moves with its image
-                    x, w = augment.flip_translate((x, w), gen)
+                    x, w = augment.flip_translate((x, w), aug_gen)
                 for group in opt.param_groups:  # linear decay to zero (airbench-style)
                     group["lr"] = cfg.lr * max(0.0, 1 - step / total_steps)
                 reg_scale = penalty_warmup(cfg, step, steps_per_epoch)
                 opt.zero_grad(set_to_none=True)
-                loss = backward(cfg, model, x, y, w, step, reg_scale)
-                if distributed.on_any_rank(not torch.isfinite(loss), world, loss.device):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at round {round_}, step {step}: "
-                        "lower lr, reg_weight or baseline_weight"
-                    )
+                losses[done] = backward(cfg, model, x, y, w, step, reg_scale)
                 distributed.average_gradients(model, world)
                 opt.step()
-                losses.append(loss.item())
-                step += 1
+                done, step = done + 1, step + 1
+                if done - checked == FINITE_CHECK_EVERY:
+                    checked = _check_finite(losses, checked, done, first, round_, world)
+            checked = _check_finite(losses, checked, done, first, round_, world)
         t_train = time.perf_counter() - t0 - t_lime
 
+        train_loss = float(np.mean(losses[:done].tolist()))  # float64 mean of float32 losses
         metrics = {
             "round": round_ + 1,
             **_evaluate(cfg, model, val_x, val_y, world),
-            "train_loss": distributed.mean_over_ranks(float(np.mean(losses)), len(losses), world),
+            "train_loss": distributed.mean_over_ranks(train_loss, done, world),
             "lime_seconds": t_lime,
             "train_seconds": t_train,
             "eval_seconds": time.perf_counter() - t0 - t_lime - t_train,
@@ -409,3 +465,11 @@ def refine(
                 },
             )
     return metrics
+
+
+def train_base_locally(cfg: TrialConfig, splits=None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Train a base in this process (plain refine(), no Ray): the tests' and notebooks' path.
+    The study's path is trainables.trial.run_base (the same refine() in a Ray Train worker)."""
+    kept: dict[str, Any] = {}
+    metrics = refine(cfg, report=lambda m, state: kept.update(state or {}), splits=splits)
+    return kept["model"], metrics

@@ -16,7 +16,11 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow.fs
+import ray.train
+import ray.train.torch
 import torch
+from ray.train import Checkpoint
 
 from trainables.config import make_trial_config
 from trainables.explain import ExplainerPool
@@ -81,9 +85,6 @@ def restore_state(checkpoint) -> dict[str, Any] | None:
     in the same run directory, newest first. None without a checkpoint."""
     if checkpoint is None:
         return None
-    import pyarrow.fs
-    from ray.train import Checkpoint
-
     fs, parent = checkpoint.filesystem, posixpath.dirname(checkpoint.path)
     older = sorted(
         (
@@ -167,9 +168,6 @@ def lime_actor_gpus(cfg) -> float:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker (`num_workers` >= 1): every rank runs the loop, rank 0 checkpoints."""
-    import ray.train
-    import ray.train.torch
-
     cfg = make_trial_config(config)
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     rank = ray.train.get_context().get_world_rank()

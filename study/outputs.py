@@ -1,0 +1,179 @@
+"""The study's tables, written into its directory after each stage, and the answer printed.
+
+After the search and the baselines: trials.csv, configs.csv (each configuration's mean and
+interval over its replicates), pareto.csv and pareto.png. After the confirmation: trials.csv
+again, confirmation.csv, confirmed.csv, selection_bias.csv, an ablation's ablation.csv and,
+last, answer.csv (its presence says the confirmation is done).
+"""
+
+import json
+
+import pandas as pd
+
+from analysis.plots import config_front_figure
+from analysis.replicates import (
+    aggregate_configs,
+    answer_table,
+    config_front,
+    p_front,
+    selection_bias,
+)
+from analysis.results import load_trials
+from analysis.tables import answer_table_text, front_table
+from study.config import ABLATION_REFERENCE, ABLATION_VARIANTS, ConfigError, StudyConfig
+from study.console import console_stream
+from study.scheduler import stopped_configs
+from study.store import (
+    ABLATION_FILE,
+    ANSWER_FILE,
+    CONFIGS_FILE,
+    CONFIRMATION_DIR,
+    CONFIRMATION_FILE,
+    CONFIRMED_FILE,
+    PARETO_FIGURE,
+    PARETO_FILE,
+    SCHEDULER_STATE_FILE,
+    SELECTION_BIAS_FILE,
+    STUDY_FILE,
+    TRIALS_FILE,
+    StudyStore,
+)
+
+# Reported beside the objectives: the parts of the worst-case robust accuracy.
+VAL_METRICS = ("val_clean_acc", "val_robust_acc", "val_pgd_acc", "val_blackbox_acc")
+
+
+CONFIRM_METRICS = (
+    "test_clean_acc", "test_robust_acc", "test_pgd_acc", "test_blackbox_acc",
+    "test_pgd50_acc", "test_autoattack_acc", "test_cifar10c_mean",
+)  # fmt: skip
+
+
+def write_study_file(cfg: StudyConfig) -> None:
+    """study.json: the resolved settings, for the analysis package and for --resume."""
+    StudyStore(cfg.study_dir).write_text(STUDY_FILE, json.dumps(cfg.to_dict(), indent=2))
+
+
+def write_trials_table(cfg: StudyConfig):
+    """trials.csv: one row per trial of every stage so far (a `stage` column; early-stopped
+    searched trials marked STOPPED with their rung). Returns the table."""
+    store = StudyStore(cfg.study_dir)
+    trials = load_trials(cfg.study_dir)
+    if "config/stage" in trials:
+        trials.insert(2, "stage", trials.pop("config/stage"))
+    stopped = stopped_configs(store.path(SCHEDULER_STATE_FILE))
+    if stopped and "config/config_id" in trials:  # stopped early: kept out of every front
+        rung = trials["config/config_id"].map(stopped).where(trials["experiment"] == cfg.name)
+        trials.loc[rung.notna(), "status"] = "STOPPED"
+        trials["stopped_at_rung"] = rung
+    store.write_table(TRIALS_FILE, trials)
+    return trials
+
+
+def summarize(cfg: StudyConfig):
+    """Write trials.csv (one row per trial), configs.csv (one row per configuration, with
+    means, 95% intervals and p_front), pareto.csv and, once a configuration has finished,
+    pareto.png (the front of the searched configurations by their means); print the front.
+    Returns the front."""
+    store = StudyStore(cfg.study_dir)
+    trials = write_trials_table(cfg)
+    study = trials[trials["experiment"] != CONFIRMATION_DIR]
+    metrics = [*cfg.objectives, *(m for m in VAL_METRICS if m not in cfg.objectives)]
+    configs = aggregate_configs(study, metrics, list(cfg.search))
+    searched = study[study["experiment"] == cfg.name]
+    if not configs.empty:
+        is_searched = configs["experiment"] == cfg.name
+        shares = p_front(searched, cfg.objectives)
+        configs["p_front"] = configs["config_id"].map(shares).where(is_searched)
+        front = config_front(configs[is_searched], cfg.objectives)
+    else:
+        front = configs
+    store.write_table(CONFIGS_FILE, configs)
+    store.write_table(PARETO_FILE, front)
+    if not configs.empty:  # nothing finished yet: no figure
+        figure = config_front_figure(configs, cfg.objectives, title=f"Study {cfg.name}")
+        store.write_figure(PARETO_FIGURE, figure)
+    n_done = int(is_searched.sum()) if not configs.empty else 0
+    out = console_stream()
+    print(f"\nPareto-optimal configurations by validation means ({len(front)} of {n_done}; "
+          "95% t-intervals over replicates):", file=out)  # fmt: skip
+    print(front_table(front, cfg.objectives, list(cfg.search)), file=out)
+    print(f"Tables and figure: {cfg.study_dir}", file=out, flush=True)
+    return front
+
+
+def write_confirmation_tables(cfg: StudyConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """trials.csv again (now with the confirmation), confirmation.csv, confirmed.csv,
+    selection_bias.csv, for an ablation ablation.csv, and answer.csv (last: its presence says
+    the confirmation is done); returns the answer and the ablation table (None for a search).
+    The ablation is the answer's paired comparison with the full setting as the reference."""
+    store = StudyStore(cfg.study_dir)
+    trials = write_trials_table(cfg)  # with the confirmation trials now
+    confirmation = trials[trials["experiment"] == CONFIRMATION_DIR]
+    metrics = [m for m in CONFIRM_METRICS if m in confirmation]
+    confirmed = aggregate_configs(confirmation, metrics, list(cfg.search))
+    front = store.read_table(PARETO_FILE)
+    bias = selection_bias(front, confirmed, cfg.objectives)
+    answer = answer_table(confirmation)
+    ablation = None
+    if cfg.ablation is not None:
+        ablation = answer_table(confirmation, reference=ABLATION_REFERENCE)
+    store.write_table(CONFIRMATION_FILE, confirmation)
+    store.write_table(CONFIRMED_FILE, confirmed)
+    store.write_table(SELECTION_BIAS_FILE, bias)
+    if ablation is not None:
+        store.write_table(ABLATION_FILE, ablation)
+    store.write_table(ANSWER_FILE, answer)
+    return answer, ablation
+
+
+def confirmed_ids(cfg: StudyConfig) -> list[str]:
+    """What the confirmation re-trains beside the baselines: every variant of an ablation (the
+    table compares them all with the full setting), else the study's front. Either needs the
+    search (the variants' runs) finished: a configuration with no finished trial cannot be
+    re-trained as it ran."""
+    store = StudyStore(cfg.study_dir)
+    front = front_ids_of(store)
+    if cfg.ablation is None:
+        return front
+    configs = store.read_table(CONFIGS_FILE)
+    missing = [v for v in ABLATION_VARIANTS if v not in set(configs["config_id"].astype(str))]
+    if missing:
+        raise ConfigError(
+            f"{cfg.study_dir}: the ablation's {', '.join(missing)} has no finished trial; "
+            "resume the study first: python -m study.sweep --resume"
+        )
+    return list(ABLATION_VARIANTS)
+
+
+def front_ids_of(store: StudyStore) -> list[str]:
+    """The configurations on the study's front (pareto.csv, written after the search)."""
+    front = store.read_table(PARETO_FILE)  # None: no search yet; empty: nothing finished
+    if front is None or front.empty or "config_id" not in front:
+        raise ConfigError(
+            f"{store.study_dir}: the study has no front yet (no finished searched configuration in "
+            "pareto.csv); run or resume the search first: python -m study.sweep --resume"
+        )
+    return front["config_id"].astype(str).tolist()
+
+
+def print_answer(answer, ablation=None) -> None:
+    """The study's answer: each confirmed front configuration against PGD-AT, paired by seed;
+    then, for an ablation, each variant against the full setting."""
+    out = console_stream()
+    if answer.empty:
+        print("\nNo answer table: PGD-AT is not among the baselines or nothing was confirmed.",
+              file=out)  # fmt: skip
+    else:
+        print("\nThe answer (test split, paired by seed; differences in points with 95% "
+              "t-intervals):", file=out)  # fmt: skip
+        print(answer_table_text(answer), file=out, flush=True)
+    if ablation is None:
+        return
+    if ablation.empty:
+        print("\nNo ablation table: the full setting was not confirmed, or nothing was.",
+              file=out, flush=True)  # fmt: skip
+        return
+    print("\nThe ablation (test split, each variant minus the full setting, paired by seed; "
+          "differences in points with 95% t-intervals):", file=out)  # fmt: skip
+    print(answer_table_text(ablation), file=out, flush=True)
