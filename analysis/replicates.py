@@ -2,24 +2,32 @@
 often each configuration is on the front under resampling, the confirmation tables, and the
 paired comparison against PGD-AT.
 
-Intervals are Student-t intervals of the mean over replicates (mean ± t(0.975, n-1)·s/√n):
-with 2 to 5 seeds a bootstrap percentile interval is degenerate, and t is exact for normal
-noise. With one replicate there is no interval (NaN).
+An accuracy whose trials reported their per-image outcomes (study.store, `<split>_outcomes_*`)
+gets an interval over both sources of noise, the seeds and the evaluated images, and a
+difference between two configurations pairs them by seed and by image (analysis/intervals.py;
+docs/analysis.md says what that covers). Any other metric (CIFAR-10-C's mean, attribution
+metrics, a study from before per-image outcomes) gets a Student-t interval over its replicates
+(mean ± t(0.975, n-1)·s/√n), which covers the seeds only; with one replicate, none (NaN).
 """
 
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from analysis import intervals
 from analysis.pareto import pareto_mask
-from analysis.results import BASELINES, completed
+from analysis.results import BASELINES, completed, outcome_matrix
 
 REFERENCE = "pgd_at"  # the study's answer compares every confirmed configuration against it
 # The answer's metrics: clean accuracy, the test split's worst case of PGD and Square at the
 # study's eval epsilon (the search objective's measure, on eval_subset images) and AutoAttack
 # (the standard, on final_eval_subset images: on a CPU study too few to decide alone).
 ANSWER_METRICS = ("test_clean_acc", "test_robust_acc", "test_autoattack_acc")
+# ... and the worst case at each other eps of the study's `answer_epsilons`
+# (test_robust_eps8_255_acc), placed after test_robust_acc.
+ROBUST_AT_EPS = re.compile(r"test_robust_eps(.+)_acc")
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
@@ -63,7 +71,10 @@ def aggregate_configs(
         for m in metrics:
             values = group[m].astype(float) if m in group else pd.Series(dtype=float)
             mean, std, lo, hi = t_interval(values.tolist())
-            if "acc" in m:  # an accuracy: the interval within what an accuracy can be
+            per_image = outcome_matrix(group, m)
+            if per_image is not None:  # seeds and images: the interval covers both
+                mean, lo, hi = intervals.accuracy_interval(per_image)
+            elif "acc" in m:  # an accuracy: the interval within what an accuracy can be
                 lo, hi = max(lo, 0.0), min(hi, 1.0)
             row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci_low": lo, f"{m}_ci_high": hi})
         flags = [c for c in ("val_masking", "test_masking") if c in group]
@@ -90,26 +101,29 @@ def p_front(
     resamples: int = 1000,
     seed: int = 0,
 ) -> pd.Series:
-    """Per configuration: the share of bootstrap resamples in which it is non-dominated.
-
-    Each resample draws, for every configuration independently, n of its n replicates with
-    replacement and recomputes all means; the front is then taken over all configurations.
-    A configuration on the front by luck of its seeds gets a low share.
-    """
+    """Per configuration: the share of bootstrap resamples of the replicate seeds in which it is
+    non-dominated (intervals.p_front: the seeds drawn jointly for every configuration, as they
+    share them). NaN for every configuration below intervals.MIN_FRONT_REPLICATES replicates:
+    with 2 or 3 seeds a resample has too few distinct outcomes for a share to mean anything."""
     done = completed(trials).assign(config_id=_config_id(completed(trials)))
     names = list(objectives)
-    groups = {cid: g[names].to_numpy(dtype=float) for cid, g in done.groupby("config_id")}
-    groups = {cid: v[~np.isnan(v).any(axis=1)] for cid, v in groups.items()}
-    groups = {cid: v for cid, v in groups.items() if len(v)}
-    if not groups:
+    if done.empty:
         return pd.Series(dtype=float, name="p_front")
-    rng = np.random.default_rng(seed)
-    ids = list(groups)
-    hits = np.zeros(len(ids))
-    for _ in range(resamples):
-        means = np.stack([v[rng.integers(0, len(v), len(v))].mean(axis=0) for v in groups.values()])
-        hits += pareto_mask(pd.DataFrame(means, columns=names), objectives)
-    return pd.Series(hits / resamples, index=ids, name="p_front")
+    replicate = (
+        done["config/replicate"]
+        if "config/replicate" in done
+        else done.groupby("config_id").cumcount()
+    )
+    table = done.assign(replicate=replicate).pivot(
+        index="replicate", columns="config_id", values=names
+    )  # one row per seed, NaN where a configuration's replicate did not finish
+    ids = sorted(done["config_id"].unique())
+    values = {
+        c: np.stack([table[(m, c)].to_numpy(dtype=float) for m in names], axis=1) for c in ids
+    }
+    maximise = [objectives[m] == "max" for m in names]
+    shares = intervals.p_front(values, maximise, n_boot=resamples, seed=seed)
+    return pd.Series(shares, name="p_front").reindex(ids)
 
 
 def selection_bias(front: pd.DataFrame, confirmed: pd.DataFrame, objectives: Mapping[str, str]):
@@ -130,45 +144,95 @@ def selection_bias(front: pd.DataFrame, confirmed: pd.DataFrame, objectives: Map
     return pd.DataFrame(rows)
 
 
+def answer_metrics(confirmation: pd.DataFrame) -> list[str]:
+    """The answer's metrics the confirmation has, in order: clean, robust at the study's eps
+    (the two primary ones), robust at each other eps of `answer_epsilons`, AutoAttack."""
+    at_eps = sorted(c for c in confirmation if ROBUST_AT_EPS.fullmatch(c))
+    order = ["test_clean_acc", "test_robust_acc", *at_eps, "test_autoattack_acc"]
+    return [m for m in order if m in confirmation]
+
+
+def metric_label(metric: str) -> str:
+    """How a verdict names a metric: 'clean', 'robust', 'robust {} at 8/255', 'AutoAttack'."""
+    if m := ROBUST_AT_EPS.fullmatch(metric):
+        eps = m.group(1).replace("_", "/").replace("p", ".")
+        return f"robust {{}} at {eps}"
+    return {"test_clean_acc": "clean", "test_robust_acc": "robust"}.get(
+        metric,
+        metric.removeprefix("test_").removesuffix("_acc").replace("autoattack", "AutoAttack"),
+    )
+
+
+def _paired_difference(group: pd.DataFrame, ref: pd.DataFrame, metric: str):
+    """(estimate, low, high, p, n_pairs) of metric(group) - metric(ref), paired by replicate
+    (the confirmation seed) and, where both report per-image outcomes, by image."""
+    seeds = sorted(set(group["config/replicate"]) & set(ref["config/replicate"]))
+    a = group.set_index("config/replicate").loc[seeds]
+    b = ref.set_index("config/replicate").loc[seeds]
+    ma, mb = outcome_matrix(a, metric), outcome_matrix(b, metric)
+    if ma is not None and mb is not None and ma.shape == mb.shape:
+        return (*intervals.difference_interval(ma, mb), len(seeds))
+    diff = (a[metric].astype(float) - b[metric].astype(float)).dropna()
+    mean, _, lo, hi = t_interval(diff.tolist())
+    p_value = np.nan
+    if len(diff) >= 2 and diff.std() > 0:
+        from scipy.stats import ttest_1samp  # the fallback only: studies without outcomes
+
+        p_value = float(ttest_1samp(diff, 0.0).pvalue)
+    return mean, lo, hi, p_value, len(diff)
+
+
 def answer_table(
     confirmation: pd.DataFrame,
-    metrics: Sequence[str] = ANSWER_METRICS,
+    metrics: Sequence[str] | None = None,
     reference: str = REFERENCE,
 ) -> pd.DataFrame:
     """Each confirmed searched configuration (not a baseline, not the reference) against
     `reference` (PGD-AT, same budget; an ablation's variants against its full setting): the
-    paired difference (same confirmation seed) of each metric with its 95% t-interval, and a
-    `verdict`: "dominates" when every difference's interval lies above zero (better in every
-    metric, with confidence), "worse in <metric>" when one lies below zero, else "undecided"
-    (the differences do not exceed their intervals). Empty when the reference has no finished
-    trial: there is nothing to pair with. Metrics the confirmation lacks are left out."""
-    metrics = [m for m in metrics if m in confirmation]
-    if not metrics:  # nothing to compare: no verdict, rather than a vacuous "dominates"
+    paired difference of each metric (same confirmation seed and, with per-image outcomes, the
+    same test images) with its 95% interval over seeds and images and its p-value; the p-values
+    Holm-adjusted over every configuration x metric of the table (`_p_holm`), and a `verdict`
+    naming the gains and losses that survive (e.g. "robust ↑ at 8/255, clean ↓"), else "no
+    difference beyond the intervals". Primary metrics: clean, and robust at the study's eps.
+    Empty when the reference has no finished trial. Metrics the confirmation lacks are left
+    out; `metrics` defaults to answer_metrics(confirmation)."""
+    metrics = [m for m in (metrics or answer_metrics(confirmation)) if m in confirmation]
+    if not metrics:  # nothing to compare: no verdict, rather than a vacuous one
         return pd.DataFrame()
     done = completed(confirmation).assign(config_id=_config_id(completed(confirmation)))
-    ref = done[done["config_id"] == reference].set_index("config/replicate")
+    ref = done[done["config_id"] == reference]
     if ref.empty:
         return pd.DataFrame()
     rows = []
     for config_id, group in done.groupby("config_id", sort=True):
         if config_id in BASELINES or config_id == reference:
             continue
-        paired = group.set_index("config/replicate").join(ref[list(metrics)], rsuffix="_ref")
         row = {"config_id": config_id, "reference": reference}
-        lows, highs = [], []
         for m in metrics:
-            diff = (paired[m] - paired[f"{m}_ref"]).dropna().astype(float)
-            mean, _, lo, hi = t_interval(diff.tolist())
-            row.update({"n_pairs": len(diff), f"{m}_diff": mean})
-            row.update({f"{m}_diff_ci_low": lo, f"{m}_diff_ci_high": hi})
-            lows.append(lo)
-            highs.append(hi)
-        worse = [m for m, hi in zip(metrics, highs, strict=True) if hi < 0]
-        if all(lo > 0 for lo in lows):
-            row["verdict"] = "dominates"
-        elif worse:
-            row["verdict"] = "worse in " + ", ".join(worse)
-        else:
-            row["verdict"] = "undecided"
+            est, lo, hi, p_value, n = _paired_difference(group, ref, m)
+            row.update({"n_pairs": n, f"{m}_diff": est})
+            row.update({f"{m}_diff_ci_low": lo, f"{m}_diff_ci_high": hi, f"{m}_diff_p": p_value})
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    p_columns = [f"{m}_diff_p" for m in metrics]
+    raw = table[p_columns].to_numpy(dtype=float)
+    adjusted = np.full_like(raw, np.nan)
+    finite = np.isfinite(raw)
+    adjusted[finite] = intervals.holm(raw[finite])
+    for j, m in enumerate(metrics):
+        table[f"{m}_diff_p_holm"] = adjusted[:, j]
+    table["verdict"] = [
+        intervals.verdict(
+            {
+                metric_label(m): (
+                    row[f"{m}_diff"], row[f"{m}_diff_ci_low"], row[f"{m}_diff_ci_high"],
+                    row[f"{m}_diff_p_holm"],
+                )
+                for m in metrics
+            }
+        )
+        for _, row in table.iterrows()
+    ]  # fmt: skip
+    return table

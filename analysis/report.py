@@ -135,12 +135,12 @@ def mark_stopped(trials: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFra
 
 
 def search_stage(trials: pd.DataFrame) -> pd.DataFrame:
-    """The search's and baselines' trials: confirmation trials (stage confirm, fresh seeds,
+    """The search's and baselines' trials: confirmation trials (stage confirmation, fresh seeds,
     evaluated on the test split) belong in no validation front."""
     keep = pd.Series(True, index=trials.index)
     for col in ("config/stage", "stage"):
         if col in trials:
-            keep &= trials[col] != "confirm"
+            keep &= trials[col] != "confirmation"
     if "experiment" in trials:
         keep &= trials["experiment"] != CONFIRMATION_DIR
     return trials[keep]

@@ -9,14 +9,26 @@ periodically). The Tune experiments in the study directory and in its direct sub
 read, so baselines run as a separate Tune experiment inside the study are picked up too.
 """
 
+import io
 import json
 import os
 import posixpath
 
+import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from study.store import DEFAULT_OBJECTIVES, STUDY_FILE, open_fs
+from study.store import (
+    DEFAULT_OBJECTIVES,
+    OUTCOMES_FILE,
+    OUTCOMES_MARK,
+    STUDY_FILE,
+    open_fs,
+    outcomes_key,
+    read_bytes,
+    unpack_ints,
+    unpack_outcomes,
+)
 
 METHOD = "lime_refine"
 METHOD_LABEL = "LIME-guided refinement"
@@ -207,3 +219,56 @@ def latest_study(storage: str | os.PathLike) -> str:
 def objectives_of(settings: dict) -> dict[str, str]:
     """The study's objectives and directions, defaulting to clean and robust accuracy."""
     return dict(settings.get("objectives") or DEFAULT_OBJECTIVES)
+
+
+# --- per-image outcomes ------------------------------------------------------------------------
+
+
+def outcome_table(row: pd.Series | dict) -> pd.DataFrame | None:
+    """One trial's per-image outcomes from its result (the `<split>_outcomes_*` columns): one
+    row per evaluated image of each split with `split`, `index`, `label` and a boolean column
+    per evaluation (missing where an evaluation covered fewer images, e.g. AutoAttack's subset).
+    None for a trial that reported none."""
+    parts = []
+    for split in ("val", "test"):
+        mark = f"{split}{OUTCOMES_MARK}"
+        columns = {
+            key.removeprefix(mark): value
+            for key, value in row.items()
+            if key.startswith(mark) and isinstance(value, str)
+        }
+        if not columns:
+            continue
+        index = unpack_ints(columns.pop("index")) if "index" in columns else None
+        label = unpack_ints(columns.pop("label")) if "label" in columns else None
+        values = {name: unpack_outcomes(text) for name, text in columns.items()}
+        n = max(len(v) for v in values.values())
+        table = pd.DataFrame({"split": split, "image": range(n)})
+        if index is not None:
+            table["index"] = index
+        if label is not None:
+            table["label"] = label
+        for name, v in values.items():
+            table[name] = pd.array([*v, *[None] * (n - len(v))], dtype="boolean")
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def read_outcomes(trial_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """The per-image outcomes the study wrote into a trial's directory (local path or URI);
+    None when it has none."""
+    data = read_bytes(f"{os.fspath(trial_dir).rstrip('/')}/{OUTCOMES_FILE}")
+    return None if data is None else pd.read_parquet(io.BytesIO(data))
+
+
+def outcome_matrix(trials: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """(trials, images) booleans of an accuracy metric's per-image outcomes, rows in the order
+    of `trials`; None when any trial lacks them or their lengths differ (the images would not
+    pair)."""
+    key = outcomes_key(metric)
+    if key is None or key not in trials or trials[key].isna().any():
+        return None
+    rows = [unpack_outcomes(text) for text in trials[key]]
+    if len({len(r) for r in rows}) != 1:
+        return None
+    return np.stack(rows)

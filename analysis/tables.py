@@ -24,7 +24,6 @@ STATUS_BUCKET = {
     "ERROR": "errored",
     "STOPPED": "stopped",
 }
-STAGES = ("search", "baselines", "confirmation")
 
 
 def stage_of(experiment: str, study_name: str) -> str:

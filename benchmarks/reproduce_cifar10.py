@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     cifar10c_subset(splits, base["cifar10c_images"])
     result["cifar10c_generation_seconds"] = time.perf_counter() - t
     for name in args.rows.split(","):
-        values = {**base, "method": name, "stage": "confirm"}  # evaluated on the test split
+        values = {**base, "method": name, "stage": "confirmation"}  # evaluated on the test split
         if name == "lime_refine":
             t = time.perf_counter()
             best, results = sweep(base, splits, device)

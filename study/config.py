@@ -22,6 +22,7 @@ from trainables.config import (
     TRIAL_FIELDS,
     ConfigError,
     TrialConfig,
+    fields_with_role,
     make_trial_config,
     validate_trial_value,
 )
@@ -59,12 +60,18 @@ _COMPONENT_OFF = (
 # components it switches, per-trial seeds and bookkeeping, and the resources every trial holds.
 # The data, the model (which must fit the base) and the whole evaluation are the study's too:
 # the variants are compared with baselines measured the same way.
-_STUDY_WIDE_KEYS = (
-    "method", "seed", "config_id", "replicate", "stage",
-    "num_workers", "cpus_per_worker", "gpus_per_worker", "lime_actors", "cpus_per_lime_actor",
-    "dataset", "data_dir", "val_size", "model", "model_width", "base_checkpoint",
-    "eval_epsilon", "eval_steps", "blackbox_queries", *TEST_EVAL_KEYS,
-)  # fmt: skip
+_STUDY_WIDE_KEYS = fields_with_role(
+    "method",
+    "seed",
+    "bookkeeping",
+    "resources",
+    "data",
+    "data_selection",
+    "model",
+    "base",
+    "evaluation",
+    "test",
+)
 
 
 @dataclass(frozen=True)
@@ -142,8 +149,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # scikit-learn digits, 8x8 grayscale; eps 0.1 of [0, 1] is 1.6 of the 16 grey levels.
     "digits": {
         # configurations, each trained with `replicates` seeds: 4 keep the whole default study
-        # (26 trials of about 8 Ray processes each, on 2 cores) under 10 minutes (545 s measured,
-        # docs/benchmarks.md)
+        # (26 trials) within a few minutes on 2 cores (docs/benchmarks.md, "Default study")
         "num_samples": 4,
         "baselines": ["erm", "pgd_at", "ig_norm"],
         "trial": {
@@ -163,6 +169,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             # confirmation, on the test split: FGSM and PGD-20 on the grid; PGD-50 x 2 restarts
             # and AutoAttack at eps 0.1 on 64 images (AutoAttack dominates its cost)
             "eval_grid": "0.05,0.1,0.2,0.3",
+            "answer_epsilons": "0.1,0.2",  # the worst case at the eval eps and one larger
             "final_eval_subset": 64,
             "final_restarts": 2,
             # Each trial in its own Tune process (no Ray Train worker group), LIME in that
@@ -196,6 +203,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval_steps": 20,
             "eval_subset": 2000,
             "eval_grid": "1/255,2/255,4/255,8/255",
+            "answer_epsilons": "2/255,8/255",
             # A Ray Train worker per trial (num_workers 1; more for data parallel over whole
             # GPUs), LIME on the worker's own GPU: a LIME actor would hold a GPU share that
             # idles while the worker trains, and the worker's while LIME runs.
@@ -208,12 +216,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 8 / 255}},
     },
     # CIFAR-10 on 2 CPU cores, no GPU: a width-32 fast_cnn base trained once on both cores (12
-    # epochs of ERM: 77.8% on the test split in 14.5 minutes), refined by every trial on a
-    # 3,000-image subset with a 128-image LIME pool, two trials at a time, a core each (257 s of
-    # work per trial on 5,000 images, docs/benchmarks.md "CIFAR-10 on the CPU"). The
-    # confirmation refines the same base at each seed (base.confirmation: shared; three more
-    # bases would cost about 45 minutes) and tests on 500 test images: FGSM and PGD-20 at four
-    # eps, PGD-50 and AutoAttack at 2/255 on 100 of them, CIFAR-10-C on 500.
+    # epochs of ERM), refined by every trial on a 3,000-image subset with a 128-image LIME
+    # pool, two trials at a time, a core each (costs: docs/benchmarks.md, "CIFAR-10 on the
+    # CPU"). The confirmation refines the same base at each seed (base.confirmation: shared;
+    # docs/results.md says why) and tests on 500 test images: FGSM and PGD-20 at four eps, the
+    # worst case at 2/255 and 8/255, PGD-50 and AutoAttack at 2/255 on 100 of them, CIFAR-10-C
+    # on 500; clean accuracy on the whole test split.
     "cifar10-cpu": {
         "num_samples": 12,
         "baselines": ["erm", "pgd_at", "ig_norm"],
@@ -246,13 +254,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval_subset": 500,
             "blackbox_queries": 100,
             "eval_grid": "1/255,2/255,4/255,8/255",
+            "answer_epsilons": "2/255,8/255",
             "final_eval_subset": 100,
             "final_restarts": 1,
             "cifar10c_images": 500,
             "num_workers": 0,  # each trial in its own Tune process
             "cpus_per_worker": 1.0,
-            # IG-NORM's step in chunks of 64: 3.0 GiB at its peak instead of 9.5 (two trials
-            # at batch 256 were killed by Ray's memory monitor on 24 GB; benchmarks.ig_memory)
+            # IG-NORM's step in chunks of 64: a whole batch of 256 peaks at about three times
+            # the memory, which two trials on 24 GB do not have (benchmarks.ig_memory)
             "ig_micro_batch": 64,
         },
         "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 8 / 255}},

@@ -4,7 +4,7 @@
 confirmation of a study whose search has finished; `python -m study.sweep` calls the same code
 after its search. Every configuration on the front (by validation means; for an ablation, every
 variant) and every baseline is trained with M seeds the search never used, as Tune trials in
-study_dir/confirmation (stage "confirm": the only trials that read the test split), then
+study_dir/confirmation (stage "confirmation": the only trials that read the test split), then
 evaluated on the test split. The tables: confirmation.csv (one row per trial), confirmed.csv
 (mean and 95% interval per configuration), selection_bias.csv (validation mean beside test mean
 for the front), for an ablation ablation.csv (each variant against the full setting, paired by

@@ -6,19 +6,22 @@ again, confirmation.csv, confirmed.csv, selection_bias.csv, an ablation's ablati
 last, answer.csv (its presence says the confirmation is done).
 """
 
+import io
 import json
+import posixpath
 
 import pandas as pd
 
 from analysis.plots import config_front_figure
 from analysis.replicates import (
     aggregate_configs,
+    answer_metrics,
     answer_table,
     config_front,
     p_front,
     selection_bias,
 )
-from analysis.results import load_trials
+from analysis.results import load_trials, outcome_table
 from analysis.tables import answer_table_text, front_table
 from study.config import ABLATION_REFERENCE, ABLATION_VARIANTS, ConfigError, StudyConfig
 from study.console import console_stream
@@ -30,6 +33,8 @@ from study.store import (
     CONFIRMATION_DIR,
     CONFIRMATION_FILE,
     CONFIRMED_FILE,
+    OUTCOMES_FILE,
+    OUTCOMES_MARK,
     PARETO_FIGURE,
     PARETO_FILE,
     SCHEDULER_STATE_FILE,
@@ -37,6 +42,7 @@ from study.store import (
     STUDY_FILE,
     TRIALS_FILE,
     StudyStore,
+    open_fs,
 )
 
 # Reported beside the objectives: the parts of the worst-case robust accuracy.
@@ -66,8 +72,28 @@ def write_trials_table(cfg: StudyConfig):
         rung = trials["config/config_id"].map(stopped).where(trials["experiment"] == cfg.name)
         trials.loc[rung.notna(), "status"] = "STOPPED"
         trials["stopped_at_rung"] = rung
-    store.write_table(TRIALS_FILE, trials)
+    write_outcome_files(store, trials)
+    store.write_table(TRIALS_FILE, without_outcomes(trials))
     return trials
+
+
+def without_outcomes(trials: pd.DataFrame) -> pd.DataFrame:
+    """The table without the per-image outcome columns (they go to each trial's own file)."""
+    return trials.drop(columns=[c for c in trials if OUTCOMES_MARK in c])
+
+
+def write_outcome_files(store: StudyStore, trials: pd.DataFrame) -> None:
+    """OUTCOMES_FILE in each trial's directory: one row per evaluated image of each split
+    (`split`, `index` in the split, `label`, and whether each evaluation got it right), from
+    the trial's last result; analysis.results.read_outcomes reads it back."""
+    _, root = open_fs(store.study_dir)
+    for _, row in trials.iterrows():
+        table = outcome_table(row)
+        if table is not None:
+            path = f"{posixpath.relpath(row['trial_dir'], root)}/{OUTCOMES_FILE}"
+            buffer = io.BytesIO()
+            table.to_parquet(buffer, index=False)
+            store.write_bytes(path, buffer.getvalue())
 
 
 def summarize(cfg: StudyConfig):
@@ -96,7 +122,7 @@ def summarize(cfg: StudyConfig):
     n_done = int(is_searched.sum()) if not configs.empty else 0
     out = console_stream()
     print(f"\nPareto-optimal configurations by validation means ({len(front)} of {n_done}; "
-          "95% t-intervals over replicates):", file=out)  # fmt: skip
+          "95% intervals over seeds and validation images):", file=out)  # fmt: skip
     print(front_table(front, cfg.objectives, list(cfg.search)), file=out)
     print(f"Tables and figure: {cfg.study_dir}", file=out, flush=True)
     return front
@@ -110,7 +136,8 @@ def write_confirmation_tables(cfg: StudyConfig) -> tuple[pd.DataFrame, pd.DataFr
     store = StudyStore(cfg.study_dir)
     trials = write_trials_table(cfg)  # with the confirmation trials now
     confirmation = trials[trials["experiment"] == CONFIRMATION_DIR]
-    metrics = [m for m in CONFIRM_METRICS if m in confirmation]
+    at_eps = [m for m in answer_metrics(confirmation) if m not in CONFIRM_METRICS]
+    metrics = [m for m in (*CONFIRM_METRICS, *at_eps) if m in confirmation]
     confirmed = aggregate_configs(confirmation, metrics, list(cfg.search))
     front = store.read_table(PARETO_FILE)
     bias = selection_bias(front, confirmed, cfg.objectives)
@@ -118,7 +145,7 @@ def write_confirmation_tables(cfg: StudyConfig) -> tuple[pd.DataFrame, pd.DataFr
     ablation = None
     if cfg.ablation is not None:
         ablation = answer_table(confirmation, reference=ABLATION_REFERENCE)
-    store.write_table(CONFIRMATION_FILE, confirmation)
+    store.write_table(CONFIRMATION_FILE, without_outcomes(confirmation))
     store.write_table(CONFIRMED_FILE, confirmed)
     store.write_table(SELECTION_BIAS_FILE, bias)
     if ablation is not None:
@@ -165,8 +192,9 @@ def print_answer(answer, ablation=None) -> None:
         print("\nNo answer table: PGD-AT is not among the baselines or nothing was confirmed.",
               file=out)  # fmt: skip
     else:
-        print("\nThe answer (test split, paired by seed; differences in points with 95% "
-              "t-intervals):", file=out)  # fmt: skip
+        print("\nThe answer (test split, paired by seed and image; differences in points with "
+              "95% intervals over seeds and test images; verdicts Holm-corrected):",
+              file=out)  # fmt: skip
         print(answer_table_text(answer), file=out, flush=True)
     if ablation is None:
         return
@@ -174,6 +202,7 @@ def print_answer(answer, ablation=None) -> None:
         print("\nNo ablation table: the full setting was not confirmed, or nothing was.",
               file=out, flush=True)  # fmt: skip
         return
-    print("\nThe ablation (test split, each variant minus the full setting, paired by seed; "
-          "differences in points with 95% t-intervals):", file=out)  # fmt: skip
+    print("\nThe ablation (test split, each variant minus the full setting, paired by seed and "
+          "image; 95% intervals over seeds and test images; verdicts Holm-corrected):",
+          file=out)  # fmt: skip
     print(answer_table_text(ablation), file=out, flush=True)

@@ -206,6 +206,9 @@ def _run_stage(
                 max_concurrent_trials=limit,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
                 scheduler=scheduler,
+                # An in-process trial's process, and its imports, is kept for the next trial of
+                # the same resources (docs/benchmarks.md, "Reusing trial processes").
+                reuse_actors=cfg.trial.num_workers == 0,
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -293,7 +296,7 @@ def _replicated(
 
 def baseline_points(cfg: StudyConfig) -> list[dict[str, Any]]:
     """Every baseline method with the fixed trial config, at the search's replicate seeds."""
-    return _replicated(cfg, {m: {"method": m} for m in cfg.baselines}, "baseline")
+    return _replicated(cfg, {m: {"method": m} for m in cfg.baselines}, BASELINES_DIR)
 
 
 def ablation_points(cfg: StudyConfig) -> list[dict[str, Any]]:
@@ -351,7 +354,7 @@ def confirmation_points(
             point = {
                 **trial_config_of(trials, config_id),
                 **cfg.confirm_eval,
-                "stage": "confirm",
+                "stage": CONFIRMATION_DIR,
                 "replicate": j,
                 "seed": confirm_seed(cfg.trial.seed, j),
             }

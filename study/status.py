@@ -26,7 +26,6 @@ import pyarrow.fs as pafs
 from analysis.replicates import aggregate_configs, config_front
 from analysis.results import load_study_settings, load_trials, objectives_of
 from analysis.tables import (
-    STAGES,
     answer_table_text,
     count_statuses,
     format_counts,
@@ -39,6 +38,7 @@ from study.store import (
     ANSWER_FILE,
     PLAN_FILE,
     SCHEDULER_STATE_FILE,
+    STAGES,
     STUDY_FILE,
     TRAIN_RUNS_DIR,
     StudyStore,

@@ -9,6 +9,7 @@ of a remote study is the driver's log while it runs (descriptors cannot point at
 copies it in when it ends.
 """
 
+import base64
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import tempfile
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -48,6 +50,9 @@ DEFAULT_OBJECTIVES = {"val_clean_acc": "max", "val_robust_acc": "max"}
 BASELINES_DIR = "baselines"
 CONFIRMATION_DIR = "confirmation"
 TRAIN_RUNS_DIR = "train_runs"
+# The stages, by the name each goes by everywhere (a trial's `stage`, the console, the tables):
+# the search runs in the study directory itself, the others in the folders of their names.
+STAGES = ("search", BASELINES_DIR, CONFIRMATION_DIR)
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -131,6 +136,47 @@ def keep_log(study_dir: str, name: str) -> None:
     if is_remote(study_dir) and os.path.isfile(local):
         with open(local, "rb") as f:
             write_bytes(join(study_dir, LOG_FILE), f.read())
+
+
+# --- per-image outcomes -------------------------------------------------------------------------
+# A trial reports, beside each accuracy `<split>_<name>_acc`, which images it got right as
+# `<split>_outcomes_<name>`: the booleans bit-packed and base64-encoded, in the evaluation's fixed
+# image order (every trial of a study evaluates the same images in the same order, so outcomes
+# pair by position across configurations and seeds). The study writes them out per trial as
+# OUTCOMES_FILE; the intervals (analysis/intervals.py) resample seeds and images from them.
+OUTCOMES_FILE = "outcomes.parquet"
+OUTCOMES_MARK = "_outcomes_"
+
+
+def pack_outcomes(correct: Any) -> str:
+    """Per-image booleans as text small enough for a Tune result (500 images: 88 characters)."""
+    bits = np.packbits(np.asarray(correct, dtype=bool))
+    return f"{len(np.asarray(correct))}:" + base64.b64encode(bits.tobytes()).decode("ascii")
+
+
+def unpack_outcomes(text: str) -> np.ndarray:
+    """pack_outcomes' booleans back."""
+    n, _, data = text.partition(":")
+    bits = np.frombuffer(base64.b64decode(data), dtype=np.uint8)
+    return np.unpackbits(bits, count=int(n)).astype(bool)
+
+
+def pack_ints(values: Any) -> str:
+    """Image indices or labels (int32) as text, for `<split>_outcomes_index` and `_label`."""
+    return "i:" + base64.b64encode(np.asarray(values, dtype="<i4").tobytes()).decode("ascii")
+
+
+def unpack_ints(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text.removeprefix("i:")), dtype="<i4").astype(np.int64)
+
+
+def outcomes_key(metric: str) -> str | None:
+    """'test_clean_acc' -> 'test_outcomes_clean', the key of its per-image outcomes; None for a
+    metric that is not an accuracy over images."""
+    split, _, rest = metric.partition("_")
+    if not rest.endswith("_acc") or not split:
+        return None
+    return f"{split}{OUTCOMES_MARK}{rest.removesuffix('_acc')}"
 
 
 class StudyStore:

@@ -150,7 +150,7 @@ def test_the_confirmation_retrains_every_variant_and_the_baselines(tmp_path):
     planned = stages.confirmation_points(cfg, trials, ids, cfg.confirm_seeds)
     assert [p["config_id"] for p in planned] == [v for v in [*VARIANTS, "pgd_at"] for _ in "ab"]
     assert {p["seed"] for p in planned} == {CONFIRM_SEED_OFFSET, CONFIRM_SEED_OFFSET + 1}
-    assert {p["stage"] for p in planned} == {"confirm"}
+    assert {p["stage"] for p in planned} == {"confirmation"}
     assert [p["mask_ratio"] for p in planned[:4]] == [0.3, 0.3, 0.0, 0.0]  # full, no_masking
 
 
@@ -173,7 +173,7 @@ def _confirmation() -> pd.DataFrame:
             "trial_id": f"{config_id}-{j}",
             "experiment": "confirmation",
             "status": status,
-            "stage": "confirm",
+            "stage": "confirmation",
             "config/config_id": config_id,
             "config/replicate": j,
             "config/seed": CONFIRM_SEED_OFFSET + j,

@@ -545,7 +545,13 @@ def test_mark_stopped_and_search_stage():
             _trial("t0", "c000", 0, 0.9, 0.5),
             _trial("t1", "c001", 0, 0.99, 0.99),
             _trial(
-                "t2", "c000", 0, 0.8, 0.4, experiment="confirmation", **{"config/stage": "confirm"}
+                "t2",
+                "c000",
+                0,
+                0.8,
+                0.4,
+                experiment="confirmation",
+                **{"config/stage": "confirmation"},
             ),
         ]
     )
@@ -592,7 +598,7 @@ def _handmade_study(path) -> dict:
             _trial("t7", "pgd_at", 1, 0.7, 0.5, experiment="baselines", method="pgd_at"),
         ]
     )
-    trials["stage"] = ["search"] * 6 + ["baseline"] * 2
+    trials["stage"] = ["search"] * 6 + ["baselines"] * 2
     trials["number"] = [1, 2, 3, 4, 5, 6, 1, 2]
     trials["rounds"] = [2, 2, 2, 2, 1, 1, 2, 2]
     trials["time_total_s"] = 10.0

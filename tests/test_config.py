@@ -207,3 +207,19 @@ def test_a_confirmation_rerun_with_another_plan_keeps_the_old_tables_beside(tmp_
     left = sorted(p.name for p in out.iterdir())
     assert not (old | {"confirmation"}) & set(left)
     assert {n.split(".2")[0] for n in left} == old | {"confirmation"}  # name.<date> each
+
+
+def test_every_trial_field_has_one_role_and_the_groups_follow_from_it():
+    from trainables import base
+    from trainables.config import FIELD_ROLES, TRIAL_FIELDS, check_roles, fields_with_role
+
+    check_roles(list(TRIAL_FIELDS), FIELD_ROLES)
+    with pytest.raises(TypeError, match="new_field has no role"):
+        check_roles([*TRIAL_FIELDS, "new_field"], FIELD_ROLES)
+    with pytest.raises(TypeError, match="lr has more than one role"):
+        check_roles(list(TRIAL_FIELDS), {**FIELD_ROLES, "extra": ("lr",)})
+    # what a base's key ignores: no key that shapes its weights, every one that cannot
+    assert {"lr", "epsilon", "model", "dataset", "seed", "amp"}.isdisjoint(base._NOT_WEIGHTS)
+    assert set(fields_with_role("test", "lime", "resources")) <= base._NOT_WEIGHTS
+    assert "epsilon" in base._UNUSED_BY_METHOD["erm"]
+    assert "epsilon" not in base._UNUSED_BY_METHOD["pgd_at"]

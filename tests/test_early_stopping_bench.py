@@ -94,7 +94,7 @@ def make_study(
     ]
     confirmation = pd.DataFrame(
         [
-            _trial(f"k{j}", "confirmation", "confirm", "c0", seconds=t, replicate=j)
+            _trial(f"k{j}", "confirmation", "confirmation", "c0", seconds=t, replicate=j)
             for j, t in enumerate(confirm_seconds)
         ]
     )
@@ -128,7 +128,7 @@ def test_study_row_sums_trial_seconds_counts_stopped_and_takes_hypervolumes(tmp_
     )
     # a baseline in trials.csv and in confirmed.csv counts for neither the search nor the front
     trials = pd.read_csv(d / "trials.csv")
-    baseline = _trial("b0", "baselines", "baseline", "pgd_at", seconds=999.0, method="pgd_at")
+    baseline = _trial("b0", "baselines", "baselines", "pgd_at", seconds=999.0, method="pgd_at")
     pd.concat([trials, pd.DataFrame([baseline])]).to_csv(d / "trials.csv", index=False)
     confirmed = pd.read_csv(d / "confirmed.csv")
     ref = _configs([(0.99, 0.99)], "test", ids=["pgd_at"], methods=["pgd_at"])

@@ -1,11 +1,11 @@
-"""Robustness grid, final evaluation and gradient-masking checks on a real small CNN."""
+"""Robustness grid, AutoAttack against PGD and gradient-masking checks on a real small CNN."""
 
 import pytest
 import torch
 from torch import nn
 
 from trainables.evaluate import (
-    final_evaluation,
+    accuracy,
     gradient_masking_checks,
     make_attack,
     robust_accuracy,
@@ -78,14 +78,17 @@ def test_make_attack_names():
         make_attack("cw", 0.1)
 
 
-def test_autoattack_never_beats_pgd_and_final_evaluation(digits_model, digits):
+def test_autoattack_never_beats_pgd_and_the_grid_shows_no_masking(digits_model, digits):
     model, s = digits_model, digits
     x, y = s.test_x[:32], s.test_y[:32]
-    result = final_evaluation(model, x, y, eps=0.1, eps_list=(0.05, 0.1, 0.5), pgd_restarts=2)
-    assert result["autoattack"] <= result["pgd50"] <= result["grid"][("pgd20", 0.1)] + 1 / 32
-    assert result["pgd50"] <= robust_accuracy(model, x, y, make_attack("pgd50", 0.1))
-    assert result["clean"] > result["pgd50"]
-    assert result["violations"] == []
+    grid = robustness_grid(model, x, y, (0.05, 0.1, 0.5), ("fgsm", "pgd20"))
+    pgd50 = robust_accuracy(model, x, y, make_attack("pgd50", 0.1, restarts=2))
+    autoattack = robust_accuracy(model, x, y, make_attack("autoattack", 0.1))
+    grid[("pgd50", 0.1)], grid[("autoattack", 0.1)] = pgd50, autoattack
+    assert autoattack <= pgd50 <= grid[("pgd20", 0.1)] + 1 / 32
+    assert pgd50 <= robust_accuracy(model, x, y, make_attack("pgd50", 0.1))
+    assert accuracy(model, x, y) > pgd50
+    assert gradient_masking_checks(grid) == []
 
 
 def test_worst_case_robust_accuracy_sees_through_masked_gradients(digits_model, digits):

@@ -215,7 +215,7 @@ def test_mask_ratio_zero_adds_no_masked_examples_and_pool_zero_skips_lime(digits
 def test_confirmation_evaluates_on_test_with_the_final_evaluation(digits):
     cfg = make_trial_config({
         **TINY, "method": "pgd_at", "train_subset": 800, "epochs_per_round": 3, "epsilon": 0.1,
-        "attack_steps": 7, "stage": "confirm",
+        "attack_steps": 7, "stage": "confirmation",
         "eval_grid": "0.05,0.1,0.2,0.3", "final_grid": "0.1",
         "final_eval_subset": 16, "final_restarts": 2, "attr_images": 4, "attr_steps": 2,
     })  # fmt: skip
@@ -250,7 +250,7 @@ def test_search_trials_never_read_the_test_split(digits):
     assert sealed._test is None
     out = refine(make_trial_config({**TINY, "pool_size": 0}), splits=sealed)
     assert not any(k.startswith("test_") for k in out) and 0 <= out["val_robust_acc"] <= 1
-    confirm = make_trial_config({**TINY, "pool_size": 0, "stage": "confirm"})
+    confirm = make_trial_config({**TINY, "pool_size": 0, "stage": "confirmation"})
     with pytest.raises(SealedSplitError):
         refine(confirm, splits=load_splits("digits", with_test=False))
     assert load_trial_splits(confirm).test_x.shape[0] == 450

@@ -13,15 +13,17 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from study.scheduler import (
-    MOASHAScheduler,
+from study.mo_asha import (
     candidate_place,
     epsilon_net_order,
     nondominated_ranks,
     priority_order,
     promote,
-    rung_decisions,
     rung_rounds,
+)
+from study.scheduler import (
+    MOASHAScheduler,
+    rung_decisions,
     stopped_configs,
     validate_scheduler_settings,
 )
@@ -302,7 +304,7 @@ def test_an_errored_replicate_is_not_waited_for_but_a_retried_one_is():
 def test_trials_without_config_id_and_exempt_stages():
     s = _sched(replicates=3)
     solo = [FakeTrial(f"s{i}") for i in range(2)]
-    baseline = FakeTrial("b0", "pgd_at", 0, stage="baseline")
+    baseline = FakeTrial("b0", "pgd_at", 0, stage="baselines")
     assert s.on_trial_result(None, solo[0], _res(1, 0.9, 0.9)) == CONT
     assert s.on_trial_result(None, solo[1], _res(1, 0.1, 0.1)) == STOP  # its own config of one
     assert s.stopped == {"s1": 1}
@@ -641,15 +643,18 @@ def test_optuna_sees_the_stopped_configurations_of_a_real_run_as_pruned(ray_loca
     assert tune_config.scheduler.stopped == stopped
 
 
-@pytest.mark.slow  # 4 configurations x 2 replicates, 3 rounds, from the command line: ~3 min
-def test_mo_asha_in_a_real_study_from_the_command_line(tmp_path):
+@pytest.mark.slow  # 4 configurations x 2 replicates, 3 rounds, from the command line: ~1-3 min
+@pytest.mark.parametrize("num_workers", [0, 1], ids=["in-process", "train-worker"])
+def test_mo_asha_in_a_real_study_from_the_command_line(tmp_path, num_workers):
     import json
 
     import pandas as pd
 
     from tests.test_multinode import sweep, write_config
 
-    config = json.loads(write_config(tmp_path / "t.yaml", rounds=3).read_text())
+    config = json.loads(
+        write_config(tmp_path / "t.yaml", rounds=3, num_workers=num_workers).read_text()
+    )
     config.update({"replicates": 2, "scheduler": {"type": "mo-asha", "reduction_factor": 2}})
     (tmp_path / "c.yaml").write_text(json.dumps(config))
     out = sweep(

@@ -105,3 +105,27 @@ def test_a_checkpoint_saved_on_a_gpu_loads_on_a_cpu_only_node(tmp_path, monkeypa
     assert loaded["model"]["w"].device.type == "cpu"
     assert torch.equal(loaded["model"]["w"], torch.arange(4.0))
     assert torch.equal(load_base_weights(str(tmp_path / "base.pt"))["w"], torch.arange(4.0))
+
+
+def test_the_gpu_preset_keeps_lime_and_ig_norm_within_one_gpu():
+    """LIME on the worker's own GPU (no actor holding an idle share), IG-NORM's step in chunks."""
+    from study.config import PRESETS
+
+    trial = PRESETS["cifar10"]["trial"]
+    assert trial["lime_actors"] == 0 and trial["lime_backend"] == "torch"
+    assert trial["ig_micro_batch"] > 0 and trial["num_workers"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where there is no GPU")
+def test_the_gpu_smoke_script_says_plainly_that_there_is_no_gpu():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_smoke"], cwd=REPO, capture_output=True, text=True
+    )
+    assert run.returncode == 2, run.stderr
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert len(lines) == 1 and "GPU" in lines[0], lines

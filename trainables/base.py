@@ -36,11 +36,12 @@ import torch
 from trainables.augment import resolve
 from trainables.config import (
     METHODS,
-    TEST_EVAL_KEYS,
     TRIAL_FIELDS,
     ConfigError,
     TrialConfig,
+    fields_with_role,
     make_trial_config,
+    methods_reading,
     validate_trial_value,
 )
 
@@ -59,38 +60,28 @@ BASE_CONFIRMATION = ("per_seed", "shared")
 _NOT_BASE_KEYS = {
     "rounds": "a base trains one run of base.epochs epochs; set base.epochs",
     "epochs_per_round": "a base trains one run of base.epochs epochs; set base.epochs",
-    "dataset": "a base trains on the study's data; set it under trial:",
-    "data_dir": "a base trains on the study's data; set it under trial:",
-    "val_size": "a base trains on the study's data; set it under trial:",
+    **dict.fromkeys(
+        fields_with_role("data", "data_selection"),
+        "a base trains on the study's data; set it under trial:",
+    ),
     "seed": "a base trains with the study's seed (and each confirmation seed)",
-    "stage": "set by the study",
-    "config_id": "set by the study",
-    "replicate": "set by the study",
-    "base_checkpoint": "set by the study",
+    **dict.fromkeys(fields_with_role("bookkeeping", "base"), "set by the study"),
 }
 # Keys that decide the model's shape: every trial loads the base's weights into its own model.
-_ARCHITECTURE_KEYS = ("model", "model_width")
+_ARCHITECTURE_KEYS = fields_with_role("model")
 
-# Trial keys that never change a base's weights (evaluation, bookkeeping, resources, LIME and
-# the penalty, which no base method reads); every other key is hashed, so a new TrialConfig
-# field counts until it is listed here.
-_NOT_WEIGHTS = {
-    "data_dir", "val_size",  # the data's fingerprint covers what they select
-    "eval_epsilon", "eval_steps", "blackbox_queries", *TEST_EVAL_KEYS,
-    "pool_size", "lime_samples", "lime_backend", "segmentation", "lime_actors",
-    "cpus_per_lime_actor", "mask_ratio", "mask_strategy", "mask_fill", "reg_weight",
-    "reg_weighting", "reg_warmup_epochs",
-    "config_id", "replicate", "stage", "base_checkpoint", "cpus_per_worker", "gpus_per_worker",
-}  # fmt: skip
+# Trial keys that never change a base's weights (the data's fingerprint covers where the images
+# come from; evaluation, bookkeeping, resources; LIME and the penalty, which no base method
+# reads); every other key is hashed, so a new TrialConfig field counts unless its role is here.
+_NOT_WEIGHTS = set(
+    fields_with_role(
+        "data_selection", "base", "lime", "evaluation", "test", "bookkeeping", "resources"
+    )
+)
 # ... and the keys each base method ignores (trainables.refine.training_loss and backward).
 _UNUSED_BY_METHOD = {
-    "erm": {"train_attack", "attack_norm", "epsilon", "attack_steps", "baseline_weight",
-            "ig_steps", "ig_micro_batch"},
-    "pgd_at": {"train_attack", "baseline_weight", "ig_steps", "ig_micro_batch"},
-    "ig_norm": {"train_attack", "attack_norm"},
-    "ig_sum_norm": {"train_attack", "attack_norm"},
-    "trades": {"train_attack", "attack_norm", "ig_steps", "ig_micro_batch"},
-}  # fmt: skip
+    m: {k for k in TRIAL_FIELDS if m not in methods_reading(k)} - _NOT_WEIGHTS for m in BASE_METHODS
+}
 
 # train(config) -> (the model's state_dict, the base's validation metrics)
 BaseTrainer = Callable[[TrialConfig], tuple[dict[str, torch.Tensor], dict[str, Any]]]

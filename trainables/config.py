@@ -6,12 +6,14 @@ It is the Ray Tune param_space of a study and the train_loop_config of its Ray T
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from study.store import STAGES
 from trainables.attacks import NORMS
 from trainables.augment import AUGMENTATIONS
-from trainables.data import DATASETS, TRAIN_SIZES
+from trainables.data import DATASETS, TEST_SIZES, TRAIN_SIZES
 from trainables.explain import BACKENDS
 from trainables.models import ARCHITECTURES
 from trainables.segmentation import SEGMENTATIONS
@@ -23,16 +25,6 @@ MASK_FILLS = ("mean", "zero", "blur")
 REG_WEIGHTINGS = ("uniform", "lime")
 TRAIN_ATTACKS = ("pgd", "fgsm", "none")
 AMP_MODES = ("none", "bf16")
-STAGES = ("search", "baseline", "confirm")
-
-
-# Keys that decide only a confirmation trial's test evaluation (trainables/trial_eval.py), never
-# its training (eval_subset also sizes the confirmation trial's per-round validation evaluation):
-# a study's `confirm_eval:` may set them, and no base's cache key holds them.
-TEST_EVAL_KEYS = (
-    "eval_subset", "eval_grid", "final_grid", "final_eval_subset", "final_restarts",
-    "cifar10c_images", "attr_images", "attr_steps", "attr_restarts",
-)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -92,8 +84,8 @@ class TrialConfig:
     ig_steps: int = 10
     # IG-NORM / IG-SUM-NORM: examples per backward pass, the batch's gradient accumulated over
     # its chunks (0 = the whole batch at once). Their loss holds the double-backward graph of
-    # ig_steps x batch images: at batch 256, 10 steps, a width-32 fast_cnn on CIFAR-10, a
-    # process running one step peaks at 9.5 GiB, in chunks of 64 at 3.0 (benchmarks.ig_memory).
+    # ig_steps x batch images, several times the memory of the other methods' step
+    # (benchmarks.ig_memory measures it).
     ig_micro_batch: int = 0
     # evaluation: one fixed epsilon for every trial so trials are comparable; robust accuracy
     # is the per-example worst case of PGD (eval_steps) and the gradient-free Square attack
@@ -101,12 +93,16 @@ class TrialConfig:
     eval_epsilon: float = 0.1
     eval_steps: int = 10
     blackbox_queries: int = 200
-    # confirmation trials only (stage "confirm"), on the test split, after the last round:
+    # confirmation trials only (stage "confirmation"), on the test split, after the last round:
     # FGSM and PGD-20 at every eps of eval_grid ("1/255,2/255", "" = none); PGD-50 with restarts
     # and AutoAttack at the eval epsilon and final_grid on final_eval_subset test images,
     # gradient-masking checks, CIFAR-10-C on cifar10c_images images and attribution robustness
     # on attr_images images (0 = skip either)
     eval_grid: str = ""
+    # the worst case of the search (PGD and Square, per image) on the same test images at each
+    # of these eps too, besides the eval epsilon: the answer's robust accuracy at every eps it
+    # reports ("" = the eval epsilon only)
+    answer_epsilons: str = ""
     final_grid: str = ""
     final_eval_subset: int = 100
     final_restarts: int = 3
@@ -171,6 +167,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "eval_steps": (lambda v: 1 <= v <= 1000, "must be in [1, 1000]"),
     "eval_grid": (lambda v: _grid_ok(v), "must be comma-separated eps in (0, 1], e.g. '1/255,0.1'"),
     "final_grid": (lambda v: _grid_ok(v), "must be comma-separated eps in (0, 1], e.g. '8/255'"),
+    "answer_epsilons": (
+        lambda v: _grid_ok(v),
+        "must be comma-separated eps in (0, 1], e.g. '2/255,8/255'",
+    ),
     "final_eval_subset": (lambda v: 1 <= v <= 100_000, "must be in [1, 100000]"),
     "final_restarts": (lambda v: 1 <= v <= 100, "must be in [1, 100]"),
     "cifar10c_images": (lambda v: 0 <= v <= 10_000, "must be in [0, 10000]"),
@@ -208,6 +208,91 @@ def _grid_ok(text: str) -> bool:
 
 
 TRIAL_FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+
+# Each field's role, declared once: the groups other modules need (which keys a base's cache key
+# holds, which a `base:` or an ablation may set, which only the test evaluation reads) are derived
+# from it. A field without a role fails at import (check_roles).
+FIELD_ROLES: dict[str, tuple[str, ...]] = {
+    "data": ("dataset",),
+    # where the images are read from and how validation is carved from them: a base's key holds
+    # the training images' fingerprint instead
+    "data_selection": ("data_dir", "val_size"),
+    "model": ("model", "model_width"),
+    "base": ("base_checkpoint",),  # set by the study from its `base:`
+    "method": ("method",),
+    "optimization": (
+        "train_subset", "rounds", "epochs_per_round", "batch_size", "lr", "weight_decay",
+        "augment", "amp",
+    ),
+    # LIME, masking and the penalty: read by lime_refine alone
+    "lime": (
+        "pool_size", "lime_samples", "lime_backend", "segmentation", "mask_ratio",
+        "mask_strategy", "mask_fill", "reg_weight", "reg_weighting", "reg_warmup_epochs",
+    ),
+    "adversarial": ("train_attack", "attack_norm", "epsilon", "attack_steps"),
+    "baseline": ("baseline_weight", "ig_steps", "ig_micro_batch"),
+    # the per-round validation evaluation, the same for every trial of a study
+    "evaluation": ("eval_epsilon", "eval_steps", "blackbox_queries"),
+    # only a confirmation trial's test evaluation (trainables/trial_eval.py), never its training
+    # (eval_subset also sizes the per-round validation evaluation): a study's `confirm_eval:`
+    # may set them
+    "test": (
+        "eval_subset", "eval_grid", "answer_epsilons", "final_grid", "final_eval_subset",
+        "final_restarts",
+        "cifar10c_images", "attr_images", "attr_steps", "attr_restarts",
+    ),
+    "bookkeeping": ("config_id", "replicate", "stage"),  # set by the study
+    "seed": ("seed",),
+    "resources": (
+        "num_workers", "cpus_per_worker", "gpus_per_worker", "lime_actors", "cpus_per_lime_actor",
+    ),
+}  # fmt: skip
+
+
+def check_roles(fields: Sequence[str], roles: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """{field: role}, when every field has exactly one role and every role names fields."""
+    listed = [name for names in roles.values() for name in names]
+    problems = sorted(
+        {f"{n} has no role" for n in fields if n not in listed}
+        | {f"{n} has more than one role" for n in listed if listed.count(n) > 1}
+        | {f"{n} is not a field" for n in listed if n not in fields}
+    )
+    if problems:
+        raise TypeError(f"trainables/config.py FIELD_ROLES: {'; '.join(problems)}")
+    return {name: role for role, names in roles.items() for name in names}
+
+
+ROLE_OF = check_roles(list(TRIAL_FIELDS), FIELD_ROLES)
+# The methods that read a field, where not every method does (trainables/refine.py,
+# training_loss and backward); the "lime" role is lime_refine's alone.
+_READ_BY = {
+    "amp": ("lime_refine", "pgd_at"),
+    "train_attack": ("lime_refine",),
+    "attack_norm": ("lime_refine", "pgd_at"),
+    "epsilon": tuple(m for m in METHODS if m != "erm"),
+    "attack_steps": tuple(m for m in METHODS if m != "erm"),
+    "baseline_weight": (*IG_METHODS, "trades"),
+    "ig_steps": IG_METHODS,
+    "ig_micro_batch": IG_METHODS,
+}
+
+
+def fields_with_role(*roles: str) -> tuple[str, ...]:
+    """The TrialConfig fields of these roles, in the dataclass's order."""
+    unknown = set(roles) - set(FIELD_ROLES)
+    if unknown:
+        raise ValueError(f"unknown role(s) {sorted(unknown)}; roles: {list(FIELD_ROLES)}")
+    return tuple(name for name in TRIAL_FIELDS if ROLE_OF[name] in roles)
+
+
+def methods_reading(name: str) -> tuple[str, ...]:
+    """The methods whose training reads this field."""
+    if ROLE_OF[name] == "lime":
+        return ("lime_refine",)
+    return _READ_BY.get(name, METHODS)
+
+
+TEST_EVAL_KEYS = fields_with_role("test")
 
 
 def _check_type(where: str, value: Any, annotation: Any) -> Any:
@@ -263,6 +348,13 @@ def make_trial_config(values: dict[str, Any]) -> TrialConfig:
         except RuntimeError as e:
             raise ConfigError(f"trial.cifar10c_images: {e}") from e
     _check_gpu_layout(cfg)
+    test_size = TEST_SIZES[cfg.dataset]
+    for key in ("eval_subset", "final_eval_subset"):
+        if (getattr(cfg, key) or 0) > test_size:
+            raise ConfigError(
+                f"trial.{key}: {cfg.dataset}'s test split has {test_size} images, fewer than "
+                f"{getattr(cfg, key)}"
+            )
     train_size = TRAIN_SIZES[cfg.dataset]
     if cfg.val_size is not None and cfg.val_size >= train_size - 100:
         raise ConfigError(

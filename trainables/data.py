@@ -18,6 +18,7 @@ import torch
 
 DATASETS = ("digits", "cifar10", "cifar100")
 TRAIN_SIZES = {"digits": 1347, "cifar10": 50_000, "cifar100": 50_000}  # before validation
+TEST_SIZES = {"digits": 450, "cifar10": 10_000, "cifar100": 10_000}
 DEFAULT_VAL_SIZES = {"digits": 300, "cifar10": 5_000, "cifar100": 5_000}
 VAL_SEED = 0  # the validation split is the same for every trial and every study
 
@@ -348,9 +349,17 @@ def load_splits(
     raise DataError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
+def subset_index(total: int, n: int | None, seed: int) -> torch.Tensor:
+    """The indices of a fixed random subset of n of `total` examples (all, in order, when n is
+    None or too large)."""
+    if n is None or n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int) -> tuple[torch.Tensor, ...]:
     """A fixed random subset of n examples (all of them when n is None or too large)."""
     if n is None or n >= len(x):
         return x, y
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    idx = subset_index(len(x), n, seed)
     return x[idx], y[idx]

@@ -3,9 +3,12 @@ grid, the final evaluation (PGD-50 with restarts, AutoAttack) and gradient-maski
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from study.store import OUTCOMES_MARK, pack_ints, pack_outcomes
 
 from .attacks import FGSM, PGD, AutoAttack, Square
 
@@ -91,10 +94,25 @@ def worst_case_outcomes(
     return {"clean": clean, "pgd": pgd, "blackbox": blackbox, "robust": clean & pgd & blackbox}
 
 
-def summarize_outcomes(outcomes: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
-    """`<prefix>_clean_acc`, `_pgd_acc`, `_blackbox_acc`, `_robust_acc`, the masking test's
-    p-value `_masking_p` and its flag `_masking` (1.0 when p < MASKING_ALPHA)."""
-    out = {f"{prefix}_{k}_acc": v.float().mean().item() for k, v in outcomes.items()}
+def summarize_outcomes(
+    outcomes: dict[str, torch.Tensor],
+    prefix: str,
+    index: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """`<prefix>_clean_acc`, `_pgd_acc`, `_blackbox_acc`, `_robust_acc`, each with its per-image
+    outcomes `<prefix>_outcomes_<name>` (study.store.pack_outcomes: what the intervals resample),
+    the masking test's p-value `_masking_p` and its flag `_masking` (1.0 when p <
+    MASKING_ALPHA). `index` and `labels` (the evaluated images' indices in their split and their
+    labels) go with the outcomes as `<prefix>_outcomes_index` and `_label`."""
+    out: dict[str, Any] = {}
+    for name, correct in outcomes.items():
+        out[f"{prefix}_{name}_acc"] = correct.float().mean().item()
+        out[f"{prefix}{OUTCOMES_MARK}{name}"] = pack_outcomes(correct.numpy())
+    if index is not None:
+        out[f"{prefix}{OUTCOMES_MARK}index"] = pack_ints(index.numpy())
+    if labels is not None:
+        out[f"{prefix}{OUTCOMES_MARK}label"] = pack_ints(labels.cpu().numpy())
     p = masking_p_value(outcomes["pgd"], outcomes["blackbox"])
     out[f"{prefix}_masking_p"] = p
     out[f"{prefix}_masking"] = float(p < MASKING_ALPHA)
@@ -133,43 +151,6 @@ def robustness_grid(
         )
         for name in attacks
         for eps in eps_list
-    }
-
-
-def final_evaluation(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    eps_list: Sequence[float] = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.5),
-    pgd_restarts: int = 5,
-    autoattack: bool = True,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> dict:
-    """The report's numbers at `eps`: clean, PGD-50 with restarts and AutoAttack standard, the
-    FGSM/PGD-20 grid over eps_list (for the masking checks), and the checks' violations.
-
-    AutoAttack is the slow part (Square spends 5,000 queries on every example it cannot break):
-    pass a fixed subset of the test set as x.
-    """
-    grid = robustness_grid(
-        model, x, y, eps_list, ("fgsm", "pgd20"), batch_size=batch_size, seed=seed
-    )
-    grid[("pgd50", float(eps))] = robust_accuracy(
-        model, x, y, make_attack("pgd50", eps, restarts=pgd_restarts, seed=seed), batch_size
-    )
-    if autoattack:
-        grid[("autoattack", float(eps))] = robust_accuracy(
-            model, x, y, make_attack("autoattack", eps, seed=seed), batch_size
-        )
-    return {
-        "clean": accuracy(model, x, y),
-        "pgd50": grid[("pgd50", float(eps))],
-        "autoattack": grid.get(("autoattack", float(eps))),
-        "grid": grid,
-        "violations": gradient_masking_checks(grid),
     }
 
 

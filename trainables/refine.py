@@ -25,7 +25,7 @@ from trainables import augment, distributed, objectives
 from trainables.attacks import FGSM, PGD
 from trainables.base import load_base_weights
 from trainables.config import IG_METHODS, TrialConfig
-from trainables.data import Splits, load_splits, subset
+from trainables.data import Splits, load_splits, subset, subset_index
 from trainables.evaluate import summarize_outcomes, worst_case_outcomes
 from trainables.explain import Explanation, explain_images
 from trainables.models import build_model
@@ -270,25 +270,35 @@ def _explain_pool(
 
 
 def _evaluate(
-    cfg: TrialConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, world: int
-) -> dict[str, float]:
+    cfg: TrialConfig,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    index: torch.Tensor,
+    world: int,
+) -> dict[str, Any]:
     """The `val_*` metrics at the study's fixed eval epsilon: clean, PGD, Square and their
-    per-example worst case, with the masking test; each rank attacks its share."""
+    per-example worst case, with the masking test and the per-image outcomes; each rank attacks
+    its share."""
     rank, _ = distributed.world()
     outcomes = worst_case_outcomes(
         model, x[rank::world], y[rank::world], cfg.eval_epsilon,
         pgd_steps=cfg.eval_steps, queries=cfg.blackbox_queries, seed=cfg.seed,
     )  # fmt: skip
-    if world > 1:  # the masking test needs every example's outcome, not per-rank means
-        outcomes = {k: torch.cat(distributed.gather([v], world)) for k, v in outcomes.items()}
-    return summarize_outcomes(outcomes, "val")
+    if world > 1:  # every example's outcome, back in the images' order (ranks took r::world)
+        order = torch.cat([torch.arange(len(x))[r::world] for r in range(world)])
+        for k, v in outcomes.items():
+            outcomes[k] = torch.empty_like(v).index_put_(
+                (order,), torch.cat(distributed.gather([v], world))
+            )
+    return summarize_outcomes(outcomes, "val", index, y)
 
 
 def load_trial_splits(cfg: TrialConfig) -> Splits:
     """The trial's data; the test split stays sealed unless this is a confirmation trial."""
     return load_splits(
         cfg.dataset, cfg.data_dir, download=True, val_size=cfg.val_size,
-        with_test=cfg.stage == "confirm",
+        with_test=cfg.stage == "confirmation",
     )  # fmt: skip
 
 
@@ -358,7 +368,8 @@ def refine(
     device = torch.device(device)
     splits = splits or load_trial_splits(cfg)
     train_x, train_y = subset(splits.train_x, splits.train_y, cfg.train_subset, cfg.seed)
-    val_x, val_y = subset(splits.val_x, splits.val_y, cfg.eval_subset, seed=0)
+    val_index = subset_index(len(splits.val_x), cfg.eval_subset, seed=0)
+    val_x, val_y = splits.val_x[val_index], splits.val_y[val_index]
     if explain is None:
 
         def explain(model, images, labels, segments):
@@ -441,14 +452,14 @@ def refine(
         train_loss = float(np.mean(losses[:done].tolist()))  # float64 mean of float32 losses
         metrics = {
             "round": round_ + 1,
-            **_evaluate(cfg, model, val_x, val_y, world),
+            **_evaluate(cfg, model, val_x, val_y, val_index, world),
             "train_loss": distributed.mean_over_ranks(train_loss, done, world),
             "lime_seconds": t_lime,
             "train_seconds": t_train,
             "eval_seconds": time.perf_counter() - t0 - t_lime - t_train,
             "train_examples": len(xs),
         }
-        if cfg.stage == "confirm" and round_ == cfg.rounds - 1 and rank == 0:
+        if cfg.stage == "confirmation" and round_ == cfg.rounds - 1 and rank == 0:
             from trainables.trial_eval import confirmation_metrics  # scipy and co.: when used
 
             t_final = time.perf_counter()

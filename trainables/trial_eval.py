@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from study.store import pack_outcomes
 from trainables.attribution_robustness import attribution_robustness_report
 from trainables.attributions import lime_attribution_map, saliency
 from trainables.config import TrialConfig, parse_grid
@@ -28,11 +29,11 @@ from trainables.corruptions import (
     corruption_accuracy,
     write_cifar10c,
 )
-from trainables.data import Splits, cache_dir, subset
+from trainables.data import Splits, cache_dir, subset, subset_index
 from trainables.evaluate import (
     gradient_masking_checks,
     make_attack,
-    robust_accuracy,
+    robust_outcomes,
     summarize_outcomes,
     worst_case_outcomes,
 )
@@ -62,16 +63,19 @@ def _attack_metrics(
     restarts: int = 1,
     seed: int = 0,
     seconds: dict[str, float] | None = None,
-) -> dict[str, float]:
-    """Accuracy under each attack at each eps; `seconds[attack]` adds up the time each took."""
-    out = {}
+) -> dict[str, Any]:
+    """Accuracy under each attack at each eps, with its per-image outcomes
+    (`outcomes_<attack>_<eps>`); `seconds[attack]` adds up the time each took."""
+    out: dict[str, Any] = {}
     for name in attacks:
         for token, eps in grid:
             start = time.perf_counter()
             attack = make_attack(name, eps, restarts=restarts, seed=seed)
-            acc = robust_accuracy(model, x, y, attack)
+            correct = robust_outcomes(model, x, y, attack)
+            acc = correct.float().mean().item() if len(x) else 0.0
             grid_acc[(name, eps)] = acc
             out[f"{name}_{eps_tag(token)}"] = acc
+            out[f"outcomes_{name}_{eps_tag(token)}"] = pack_outcomes(correct.numpy())
             if seconds is not None:
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
     return out
@@ -206,23 +210,57 @@ def trial_evaluation(
     return out
 
 
+def _worst_case_at(
+    cfg: TrialConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, token: str, eps: float
+) -> dict[str, Any]:
+    """The worst case at another eps: `test_<part>_<eps tag>_acc` for pgd, blackbox and robust,
+    their per-image outcomes, the masking test `test_masking_p_<eps tag>` and its cost."""
+    start = time.perf_counter()
+    outcomes = worst_case_outcomes(
+        model, x, y, eps, pgd_steps=cfg.eval_steps, queries=cfg.blackbox_queries, seed=cfg.seed
+    )
+    tag = eps_tag(token)
+    summary = summarize_outcomes({k: v for k, v in outcomes.items() if k != "clean"}, "test")
+    out = {}
+    for key, value in summary.items():
+        if key.endswith("_acc"):  # test_pgd_acc -> test_pgd_eps8_255_acc
+            out[f"{key.removesuffix('_acc')}_{tag}_acc"] = value
+        else:  # test_outcomes_pgd, test_masking_p, test_masking -> ..._eps8_255
+            out[f"{key}_{tag}"] = value
+    out[f"test_seconds_worst_case_{tag}"] = round(time.perf_counter() - start, 2)
+    return out
+
+
 def confirmation_metrics(cfg: TrialConfig, model: nn.Module, splits: Splits) -> dict[str, Any]:
     """A confirmation trial's figures on the test split, each key prefixed `test_`.
 
-    The search's worst-case robust accuracy (PGD and Square, per example) on `eval_subset` test
-    images, then the final evaluation (FGSM/PGD-20 grid, PGD-50 with restarts and AutoAttack
-    at `final_grid`, by default the study's eval epsilon, masking checks, CIFAR-10-C and
-    attribution robustness where asked). `test_pgd50_acc` and `test_autoattack_acc` are the
-    two at the eval epsilon.
+    Clean accuracy on the whole test split; the search's worst-case robust accuracy (PGD and
+    Square, per example) on `eval_subset` test images, at the eval epsilon and each other eps
+    of `answer_epsilons`; then the final evaluation (FGSM/PGD-20 grid, PGD-50 with restarts
+    and AutoAttack at `final_grid`, by default the study's eval epsilon, on the first
+    `final_eval_subset` of those images, masking checks, CIFAR-10-C and attribution robustness
+    where asked). `test_pgd50_acc` and `test_autoattack_acc` are the two at the eval epsilon.
+    The test images are taken in one order, the eval subset first, so every evaluation's
+    per-image outcomes cover a prefix of it and pair by position across trials.
     """
-    x, y = subset(splits.test_x, splits.test_y, cfg.eval_subset, seed=0)
+    subset = subset_index(len(splits.test_x), cfg.eval_subset, seed=0)
+    rest = torch.ones(len(splits.test_x), dtype=torch.bool).index_fill_(0, subset, False)
+    order = torch.cat([subset, rest.nonzero().flatten()])
+    all_x, all_y = splits.test_x[order], splits.test_y[order]
+    x, y = all_x[: len(subset)], all_y[: len(subset)]
     start = time.perf_counter()
     outcomes = worst_case_outcomes(
         model, x, y, cfg.eval_epsilon,
         pgd_steps=cfg.eval_steps, queries=cfg.blackbox_queries, seed=cfg.seed,
     )  # fmt: skip
-    out: dict[str, Any] = summarize_outcomes(outcomes, "test")
+    out: dict[str, Any] = summarize_outcomes(outcomes, "test", order, all_y)
+    clean = robust_outcomes(model, all_x, all_y, lambda m, xb, yb: xb)  # the whole split
+    out["test_clean_acc"] = clean.float().mean().item()
+    out["test_outcomes_clean"] = pack_outcomes(clean.numpy())
     out["test_seconds_worst_case"] = round(time.perf_counter() - start, 2)
+    for token, eps in parse_grid(cfg.answer_epsilons):
+        if not math.isclose(eps, cfg.eval_epsilon):
+            out.update(_worst_case_at(cfg, model, x, y, token, eps))
     final_grid = parse_grid(cfg.final_grid)
     token = next((t for t, eps in final_grid if math.isclose(eps, cfg.eval_epsilon)), None)
     if token is None:
@@ -232,4 +270,5 @@ def confirmation_metrics(cfg: TrialConfig, model: nn.Module, splits: Splits) -> 
     out.update({f"test_{k}": v for k, v in final.items()})
     out["test_pgd50_acc"] = final[f"pgd50_{eps_tag(token)}"]
     out["test_autoattack_acc"] = final[f"autoattack_{eps_tag(token)}"]
+    out["test_outcomes_autoattack"] = final[f"outcomes_autoattack_{eps_tag(token)}"]
     return out
