@@ -174,11 +174,13 @@ def _paired_difference(group: pd.DataFrame, ref: pd.DataFrame, metric: str):
         return (*intervals.difference_interval(ma, mb), len(seeds))
     diff = (a[metric].astype(float) - b[metric].astype(float)).dropna()
     mean, _, lo, hi = t_interval(diff.tolist())
-    p_value = np.nan
-    if len(diff) >= 2 and diff.std() > 0:
+    p_value = np.nan  # one pair: no test
+    if len(diff) >= 2 and diff.std() > 1e-9:  # below: floating-point noise on equal differences
         from scipy.stats import ttest_1samp  # the fallback only: studies without outcomes
 
         p_value = float(ttest_1samp(diff, 0.0).pvalue)
+    elif len(diff) >= 2:  # the same difference at every seed: the t statistic is infinite
+        p_value = 0.0 if mean != 0 else 1.0
     return mean, lo, hi, p_value, len(diff)
 
 
