@@ -8,6 +8,7 @@ import torch
 from benchmarks import cifar_base, ig_memory, reproduce_cifar10, seed_spread
 
 
+@pytest.mark.slow  # the reproduction script end to end on CIFAR-10: ~40 s
 def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_path):
     out = tmp_path / "repro"
     # both scripts set torch's thread count: keep this process's, so later tests see no change
@@ -34,6 +35,7 @@ def test_reproduction_table_and_seed_spread_at_smoke_scale(cifar10_tarball, tmp_
     assert 0 <= spread[0]["val_robust_acc"] <= spread[0]["val_clean_acc"] <= 1
 
 
+@pytest.mark.slow  # a CIFAR-10 base and a width probe: ~13 s
 def test_cifar_base_benchmark_at_smoke_scale(cifar10_tarball, tmp_path):
     threads = ["--threads", str(torch.get_num_threads())]  # main sets it: keep this process's
     args = ["--data-dir", str(cifar10_tarball), *threads, "--width", "8"]
@@ -50,6 +52,7 @@ def test_cifar_base_benchmark_at_smoke_scale(cifar10_tarball, tmp_path):
     assert [row["width"] for row in probe] == [8, 16] and all(r["images_per_s"] > 0 for r in probe)
 
 
+@pytest.mark.slow  # two processes, one per chunk size: ~8 s
 def test_ig_memory_benchmark_at_smoke_scale(tmp_path):
     """Each chunk size in its own process: the same loss (the first step's, before any update),
     a peak memory and a time each."""

@@ -199,6 +199,7 @@ def test_grayscale_round_trip_through_lime_is_exact(digits):
     assert first.dtype == torch.float32 and torch.equal(first, x[0])
 
 
+@pytest.mark.slow  # lime itself on CIFAR-10 images: ~11 s (digits agreement runs by default)
 def test_agreement_with_lime_on_cifar10(cifar10_tarball):
     """The issue's agreement check at a smaller size: 8 CIFAR-10 images, 300 samples."""
     torch.manual_seed(0)

