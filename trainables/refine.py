@@ -288,9 +288,8 @@ def _evaluate(
     if world > 1:  # every example's outcome, back in the images' order (ranks took r::world)
         order = torch.cat([torch.arange(len(x))[r::world] for r in range(world)])
         for k, v in outcomes.items():
-            outcomes[k] = torch.empty_like(v).index_put_(
-                (order,), torch.cat(distributed.gather([v], world))
-            )
+            gathered = torch.cat(distributed.gather([v], world))
+            outcomes[k] = torch.empty_like(gathered).index_put_((order,), gathered)
     return summarize_outcomes(outcomes, "val", index, y)
 
 
