@@ -85,12 +85,15 @@ def without_outcomes(trials: pd.DataFrame) -> pd.DataFrame:
 def write_outcome_files(store: StudyStore, trials: pd.DataFrame) -> None:
     """OUTCOMES_FILE in each trial's directory: one row per evaluated image of each split
     (`split`, `index` in the split, `label`, and whether each evaluation got it right), from
-    the trial's last result; analysis.results.read_outcomes reads it back."""
+    the trial's last result; analysis.results.read_outcomes reads it back. A finished trial's
+    file, once written, is final: the tables are written after every stage, the files once."""
     _, root = open_fs(store.study_dir)
     for _, row in trials.iterrows():
+        path = f"{posixpath.relpath(row['trial_dir'], root)}/{OUTCOMES_FILE}"
+        if row["status"] == "TERMINATED" and store.exists(path):
+            continue
         table = outcome_table(row)
         if table is not None:
-            path = f"{posixpath.relpath(row['trial_dir'], root)}/{OUTCOMES_FILE}"
             buffer = io.BytesIO()
             table.to_parquet(buffer, index=False)
             store.write_bytes(path, buffer.getvalue())
