@@ -16,7 +16,7 @@ import jsonschema
 
 from study.config import ConfigError, StudyConfig, read_yaml
 from study.ray_internals import prepared_cluster_config
-from study.store import LOG_FILE, STUDY_FILE, is_remote
+from study.store import LOG_FILE, STUDY_FILE, StudyStore, is_remote
 from trainables.base import base_trial_config
 from trainables.config import make_trial_config
 from trainables.data import DataError, load_splits
@@ -52,18 +52,15 @@ def check_paths(cfg: StudyConfig, resume: bool) -> None:
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise ConfigError(f"--storage: {cfg.storage} cannot be created ({parent} is not a "
                           "writable directory)")  # fmt: skip
-    exists = os.path.exists(os.path.join(cfg.study_dir, STUDY_FILE))
+    store = StudyStore(cfg.study_dir)
+    exists = store.exists(STUDY_FILE)
     if resume and not exists:
         raise ConfigError(f"--resume: no study named {cfg.name!r} under {cfg.storage}")
-    if not resume and set(_listdir(cfg.study_dir)) - {LOG_FILE}:
+    if not resume and set(store.listdir()) - {LOG_FILE}:
         raise ConfigError(
             f"--name: study {cfg.name!r} already exists in {cfg.storage}; "
             "pass --resume to continue it or choose another --name"
         )
-
-
-def _listdir(path: str) -> list[str]:
-    return os.listdir(path) if os.path.isdir(path) else []
 
 
 def check_cluster_file(path: str) -> None:

@@ -211,10 +211,6 @@ class StudyStore:
         write_bytes(self.path(name), data)
         return self.path(name)
 
-    def read_text(self, name: str) -> str | None:
-        data = self.read_bytes(name)
-        return None if data is None else data.decode("utf-8", errors="replace")
-
     def write_text(self, name: str, text: str) -> str:
         return self.write_bytes(name, text.encode())
 

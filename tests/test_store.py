@@ -70,6 +70,6 @@ def test_a_remote_study_logs_locally_then_keeps_its_log(tmp_path, monkeypatch):
     with open(local, "w") as f:
         f.write("ray said things\n")
     store.keep_log(remote, "s")
-    assert StudyStore(remote).read_text(store.LOG_FILE) == "ray said things\n"
+    assert StudyStore(remote).read_bytes(store.LOG_FILE) == b"ray said things\n"
     here = str(tmp_path / "study")
     assert store.local_log_path(here, "s") == os.path.join(here, store.LOG_FILE)
