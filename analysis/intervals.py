@@ -115,6 +115,18 @@ def _t_p_value(est, seed_part, image_part, s: int, n: int) -> np.ndarray:
     return np.where(np.abs(est) > 0, 10**hi, 1.0)
 
 
+def interval_from_parts(est, seed_part, image_part, s: int, n: int, level: float = LEVEL):
+    """(low, high, p_value) of a statistic whose variance has a seed part (S − 1 degrees of
+    freedom) and an image part (N − 1), as `accuracy_interval`'s "t" method builds them; for
+    statistics other than a mean (a front's hypervolume), whose parts the caller estimates."""
+    est, seed_part, image_part = (np.asarray(v, dtype=float) for v in (est, seed_part, image_part))
+    if s < 2:  # one seed: the images alone
+        seed_part, s = np.zeros_like(seed_part), n
+    half = _quantile(level, seed_part, image_part, s, n) * np.sqrt(seed_part + image_part)
+    p = _t_p_value(est, seed_part, image_part, s, n)
+    return _scalar(est - half, est + half, p)
+
+
 def _wilson(p: np.ndarray, n: np.ndarray | float, z: float) -> tuple[np.ndarray, np.ndarray]:
     """Wilson's (1927) score interval for a proportion p of n trials (n may be fractional)."""
     denom = 1 + z**2 / n

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.fronts import CLEAN, ROBUST, front_line, front_of
 from analysis.pareto import pareto_mask
 from analysis.results import BASELINES, METHOD, METHOD_LABEL, searched_trials
 from analysis.tables import is_accuracy
+from study.store import BASELINES_DIR
 
 _BASELINE_STYLE = {
     "erm": ("s", "tab:blue"),
@@ -244,13 +246,16 @@ def config_front_figure(
     configs: pd.DataFrame, objectives: dict[str, str], *, title: str | None = None
 ) -> Figure:
     """Configurations' means with 95% interval error bars (x and y: the first two objectives),
-    the front of the searched configurations highlighted, baselines named."""
+    the front of the method's configurations highlighted, each searched baseline's
+    configurations with its front as a dashed line, fixed baselines named."""
     from analysis.replicates import config_front
 
     x, y = list(objectives)[:2]
     dx, dy = objectives[x], objectives[y]
     is_base = configs["method"].isin(list(BASELINES)) if len(configs) else pd.Series(dtype=bool)
-    searched, base = configs[~is_base], configs[is_base]
+    is_fixed = is_base & (configs["experiment"] == BASELINES_DIR) if len(configs) else is_base
+    searched, base = configs[~is_base], configs[is_fixed]
+    baseline_searches = configs[is_base & ~is_fixed]
     front = config_front(searched, {x: dx, y: dy})
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.subplots()
@@ -269,6 +274,12 @@ def config_front_figure(
             text = row["config_id"] + (f" (p_front {share:.2f})" if pd.notna(share) else "")
             ax.annotate(text, (100 * row[f"{x}_mean"], 100 * row[f"{y}_mean"]),
                         xytext=(5, 4), textcoords="offset points", fontsize=8)  # fmt: skip
+    for method, group in baseline_searches.groupby("method", sort=True):
+        marker, color = _BASELINE_STYLE.get(method, ("X", "black"))
+        bars(group, marker=marker, color=color, markersize=5, alpha=0.6,
+             label=f"{method_label(method)}, searched ({len(group)} configs)")  # fmt: skip
+        line = config_front(group, {x: dx, y: dy}).sort_values(f"{x}_mean")
+        ax.plot(100 * line[f"{x}_mean"], 100 * line[f"{y}_mean"], "--", color=color, lw=1)
     for _, row in base.iterrows():
         marker, color = _BASELINE_STYLE.get(row["method"], ("X", "black"))
         bars(row.to_frame().T.astype({f"{x}_mean": float}), marker=marker, color=color,
@@ -278,4 +289,37 @@ def config_front_figure(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     ax.set_title(title or "Configurations by their mean over replicates", fontsize=11)
+    return fig
+
+
+def confirmed_fronts_figure(confirmed: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Each method's confirmed configurations on the test split (clean against robust accuracy,
+    means with 95% intervals over seeds and test images), its front joined by a line: the
+    fronts that analysis.fronts compares."""
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    ax = fig.subplots()
+    fronts = confirmed.assign(
+        front=[front_of(str(c), m) for c, m in zip(confirmed["config_id"], confirmed["method"],
+                                                   strict=True)]
+    )  # fmt: skip
+    for name, group in fronts.groupby("front", sort=True):
+        method = group["method"].iloc[0]
+        marker, color = _BASELINE_STYLE.get(method, ("*", FRONT_COLOR))
+        mx, my = 100 * group[f"{CLEAN}_mean"], 100 * group[f"{ROBUST}_mean"]
+        ex = [mx - 100 * group[f"{CLEAN}_ci_low"], 100 * group[f"{CLEAN}_ci_high"] - mx]
+        ey = [my - 100 * group[f"{ROBUST}_ci_low"], 100 * group[f"{ROBUST}_ci_high"] - my]
+        label = (
+            METHOD_LABEL
+            if name == METHOD
+            else method_label(method) + (", searched" if name.endswith("searched") else "")
+        )
+        ax.errorbar(mx, my, xerr=ex, yerr=ey, linestyle="none", marker=marker, color=color,
+                    capsize=2, markersize=7, label=label)  # fmt: skip
+        x, y = front_line(group[f"{CLEAN}_mean"].to_numpy(), group[f"{ROBUST}_mean"].to_numpy())
+        ax.plot(100 * x, 100 * y, "-", color=color, lw=1)
+    ax.set_xlabel("Test clean accuracy % (mean, 95% CI over seeds and images)")
+    ax.set_ylabel("Test robust accuracy % (worst case; mean, 95% CI)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    ax.set_title(title or "Confirmed fronts", fontsize=11)
     return fig

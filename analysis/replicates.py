@@ -170,8 +170,12 @@ def _paired_difference(group: pd.DataFrame, ref: pd.DataFrame, metric: str):
     a = group.set_index("config/replicate").loc[seeds]
     b = ref.set_index("config/replicate").loc[seeds]
     ma, mb = outcome_matrix(a, metric), outcome_matrix(b, metric)
-    if ma is not None and mb is not None and ma.shape == mb.shape:
-        return (*intervals.difference_interval(ma, mb), len(seeds))
+    if ma is not None and mb is not None:
+        # every evaluation covers a prefix of one image order (trainables/trial_eval.py): the
+        # arms pair on the images both saw, e.g. the primary pair's larger AutoAttack subset
+        # against another configuration's smaller one
+        n = min(ma.shape[1], mb.shape[1])
+        return (*intervals.difference_interval(ma[:, :n], mb[:, :n]), len(seeds))
     diff = (a[metric].astype(float) - b[metric].astype(float)).dropna()
     mean, _, lo, hi = t_interval(diff.tolist())
     p_value = np.nan  # one pair: no test
@@ -188,6 +192,7 @@ def answer_table(
     confirmation: pd.DataFrame,
     metrics: Sequence[str] | None = None,
     reference: str = REFERENCE,
+    order: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Each confirmed searched configuration (not a baseline, not the reference) against
     `reference` (PGD-AT, same budget; an ablation's variants against its full setting): the
@@ -197,7 +202,8 @@ def answer_table(
     naming the gains and losses that survive (e.g. "robust ↑ at 8/255, clean ↓"), else "no
     difference beyond the intervals". Primary metrics: clean, and robust at the study's eps.
     Empty when the reference has no finished trial. Metrics the confirmation lacks are left
-    out; `metrics` defaults to answer_metrics(confirmation)."""
+    out; `metrics` defaults to answer_metrics(confirmation). Rows follow `order` (the front's
+    order, so the primary configuration comes first), then the other ids alphabetically."""
     metrics = [m for m in (metrics or answer_metrics(confirmation)) if m in confirmation]
     if not metrics:  # nothing to compare: no verdict, rather than a vacuous one
         return pd.DataFrame()
@@ -206,7 +212,9 @@ def answer_table(
     if ref.empty:
         return pd.DataFrame()
     rows = []
-    for config_id, group in done.groupby("config_id", sort=True):
+    rank = {config_id: i for i, config_id in enumerate(order)}
+    groups = sorted(done.groupby("config_id"), key=lambda g: (rank.get(g[0], len(rank)), g[0]))
+    for config_id, group in groups:
         if config_id in BASELINES or config_id == reference:
             continue
         row = {"config_id": config_id, "reference": reference}

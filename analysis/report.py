@@ -26,6 +26,7 @@ from analysis.optuna_study import param_importances
 from analysis.pareto import hypervolume, pareto_front
 from analysis.plots import (
     config_front_figure,
+    confirmed_fronts_figure,
     importance_figure,
     is_accuracy,
     params_figure,
@@ -40,13 +41,14 @@ from analysis.results import (
     objectives_of,
     searched_trials,
 )
-from analysis.tables import interval_cell
+from analysis.tables import fronts_table_text, interval_cell
 from study.store import (
     ABLATION_FILE,
     ANSWER_FILE,
     CONFIGS_FILE,
     CONFIRMATION_DIR,
     CONFIRMED_FILE,
+    FRONTS_FILE,
     PARETO_FILE,
     REPORT_FILE,
     SELECTION_BIAS_FILE,
@@ -227,6 +229,18 @@ def _paired_table(table: pd.DataFrame, why_empty: str) -> str:
     return _text_table(paired_frame(table))
 
 
+# What a paired difference's interval covers and what its verdict says, in plain words.
+PAIRED_NOTE = (
+    "Differences are in percentage points, paired by confirmation seed and by test image, so what "
+    "both models share (a seed's luck, an image's difficulty) cancels. The 95% interval covers "
+    "both sources of noise: which seeds trained the models and which test images scored them. "
+    "The verdict names a gain (↑) or a loss (↓) only where the interval excludes zero and the "
+    "difference survives Holm's correction over every configuration and metric of the table; "
+    "<i>no difference beyond the intervals</i> says these seeds and images cannot tell, not "
+    "that the two are equal."
+)
+
+
 def _ablation_parts(ablation: pd.DataFrame, confirmed: pd.DataFrame | None) -> list[str]:
     """An ablation's section: each variant minus the full setting (ablation.csv), and the
     confirmed test figures of the variants and the setting (confirmed.csv) with intervals."""
@@ -238,9 +252,8 @@ def _ablation_parts(ablation: pd.DataFrame, confirmed: pd.DataFrame | None) -> l
         '<p class="note">Each variant switches one component of the setting off: '
         "<i>no_masking</i> (mask_ratio 0), <i>uniform_penalty</i> (the input-gradient penalty "
         "without the LIME weighting), <i>no_penalty</i> (reg_weight 0), <i>no_adversarial</i> "
-        "(no adversarial training). Each difference is the variant minus the full setting in "
-        "percentage points, paired by confirmation seed, with its 95% t-interval: <i>worse in "
-        "m</i> says the component helps m.</p>"
+        "(no adversarial training). Each difference is the variant minus the full setting. "
+        f"{PAIRED_NOTE} A loss (↓) says the component helps that metric.</p>"
     )
     if confirmed is not None and not confirmed.empty:
         parts.append("<h3>The variants' confirmed test figures (mean [95% interval])</h3>")
@@ -268,13 +281,14 @@ def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) 
         text = (
             "<p>An ablation, no search: each variant of one setting (<code>"
             f"{html.escape(_setting_text(setting))}</code>) ran on the <b>validation split</b> "
-            f"with {each} (means with 95% Student-t intervals over the replicates). "
+            f"with {each} (means with 95% intervals over the replicates and the validation "
+            "images). "
         )
     else:
         text = (
             "<p>The search selected configurations on the <b>validation split</b>: each "
             f"configuration ran with {each}, and the front is taken over their means (95% "
-            "Student-t intervals over the replicates). "
+            "intervals over the replicates and the validation images). "
         )
     retrained = "every variant" if setting else "every front configuration"
     if answer is not None:
@@ -291,16 +305,26 @@ def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) 
         )
     parts.append(text)
 
+    fronts = store.read_table(FRONTS_FILE)
+    if fronts is not None and not fronts.empty:
+        parts.append("<h2>The fronts: each method's confirmed front against the method's "
+                     "(test split)</h2>")  # fmt: skip
+        parts.append(f"<pre>{html.escape(fronts_table_text(fronts))}</pre>")
+        if confirmed is not None and not confirmed.empty:
+            parts.append(_img(confirmed_fronts_figure(confirmed, title=name), "confirmed fronts"))
+        parts.append(
+            '<p class="note">Hypervolume: the area a front dominates above (0, 0) in clean x '
+            "robust accuracy. Robust accuracy at matched clean accuracy: read off each front's "
+            "line inside its clean range. Each with its 95% interval over seeds and test images "
+            "and its difference from the method's front (docs/analysis.md, \"Fronts "
+            'compared").</p>'
+        )
     if answer is not None:
         which = "variant" if setting else "front configuration"
         parts.append(f"<h2>The answer: each {which} against PGD-AT (test split)</h2>")
         parts.append(_paired_table(answer, "PGD-AT was not confirmed, or nothing was"))
         parts.append(
-            '<p class="note">Each difference is the configuration minus the reference in '
-            "percentage points, paired by confirmation seed, with its 95% t-interval over the "
-            "pairs. Verdict: <i>dominates</i> when every interval lies above zero; <i>worse in "
-            "m</i> when the interval of m lies below zero; <i>undecided</i> otherwise (some "
-            "interval contains zero, or one pair gives no interval).</p>"
+            f'<p class="note">Each difference is the configuration minus PGD-AT. {PAIRED_NOTE}</p>'
         )
     if ablation is not None:
         parts.extend(_ablation_parts(ablation, confirmed))
@@ -321,10 +345,12 @@ def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) 
             _text_table(interval_frame(front, _config_columns(front, objectives, searched)))
         )
         parts.append(
-            '<p class="note">Each cell: the mean over the replicates [95% t-interval] (no '
-            "interval with one replicate). p_front: the share of bootstrap resamples of the "
-            "replicates in which the configuration is non-dominated; a low share means it is on "
-            "the front by the luck of its seeds.</p>"
+            '<p class="note">Each cell: the mean over the replicates [95% interval]. The '
+            "interval covers both sources of noise: which seeds trained the models and which "
+            'validation images scored them (docs/analysis.md, "What an interval covers"). '
+            "p_front: the share of bootstrap resamples of the replicate seeds in which the "
+            "configuration is non-dominated (a low share: on the front by the luck of its "
+            "seeds); empty below 5 replicates, too few for a resample to mean anything.</p>"
         )
     if configs is not None:
         parts.append(_masking_note(configs))

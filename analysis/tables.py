@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from study.store import BASELINE_SEARCH_PREFIX, BASELINES_DIR, CONFIRMATION_DIR
+
 # Tune's trial statuses (plus the sweep's STOPPED, for early-stopped trials) -> our buckets.
 COUNT_KEYS = ("done", "running", "pending", "errored", "stopped")
 STATUS_BUCKET = {
@@ -28,12 +30,15 @@ STATUS_BUCKET = {
 
 def stage_of(experiment: str, study_name: str) -> str:
     """The stage of a Tune experiment folder: the study's own folder is the search;
-    `baselines` and `confirmation` are theirs; a kept earlier confirmation
-    (`confirmation.<timestamp>`) is "archived", anything else "other"."""
+    `baselines` and `confirmation` are theirs, and a searched baseline's `search-<method>` is
+    the baselines'; a kept earlier confirmation (`confirmation.<timestamp>`) is "archived",
+    anything else "other"."""
     if experiment == study_name:
         return "search"
-    if experiment in ("baselines", "confirmation"):
+    if experiment in (BASELINES_DIR, CONFIRMATION_DIR):
         return experiment
+    if experiment.startswith(BASELINE_SEARCH_PREFIX):
+        return BASELINES_DIR
     if experiment.startswith("confirmation."):
         return "archived"
     return "other"
@@ -185,3 +190,37 @@ def answer_table_text(answer: pd.DataFrame) -> str:
     diffs = [c for c in answer.columns if c.endswith("_diff")]
     headers = {d: f"{short_metric(d.removesuffix('_diff'))} diff" for d in diffs}
     return format_table(answer, ["config_id", "reference", "n_pairs", *diffs, "verdict"], headers)
+
+
+def fronts_table_text(fronts: pd.DataFrame) -> str:
+    """fronts.csv: per front and statistic, the estimate and its difference from the method's
+    front, each with its 95% interval (hypervolume as a fraction of the unit square; robust
+    accuracy at a matched clean level in percent, differences in signed points)."""
+    rows = []
+    for row in fronts.to_dict("records"):
+        statistic = row["statistic"]
+        name = "hypervolume"
+        if statistic.startswith("robust_at_clean_"):
+            level = float(statistic.removeprefix("robust_at_clean_"))
+            statistic, name = f"robust % at clean {100 * level:.1f}%", "robust_acc"
+        cells = {"front": row["front"], "statistic": statistic, "n_configs": row["n_configs"]}
+        cells["estimate"] = _cell(row, "estimate", "ci_low", "ci_high", name)
+        cells["vs method"] = _cell(row, "diff", "diff_ci_low", "diff_ci_high", f"{name}_diff")
+        rows.append(cells)
+    table = pd.DataFrame(rows)
+    return format_table(table, list(table.columns))
+
+
+def _cell(row: Mapping[str, Any], center: str, low: str, high: str, name: str) -> str:
+    if is_missing(row.get(center)):
+        return "-"
+    if name.startswith("hypervolume"):
+        sign = "+" if name.endswith("_diff") else ""
+        text = f"{row[center]:{sign}.3f}"
+        if not (is_missing(row.get(low)) or is_missing(row.get(high))):
+            text += f" [{row[low]:{sign}.3f}, {row[high]:{sign}.3f}]"
+        return text
+    text = format_value(row[center], name)
+    if not (is_missing(row.get(low)) or is_missing(row.get(high))):
+        text += f" [{format_value(row[low], name)}, {format_value(row[high], name)}]"
+    return text

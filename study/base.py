@@ -1,5 +1,6 @@
 """The study's shared base model: trained (or found in the cache) before the search, then
-refined by every searched trial and baseline; one base per seed for the confirmation.
+refined by every searched trial and baseline; one base per seed for the confirmation. A base
+given by its checkpoint (`base: {checkpoint: ...}`) is never trained: every trial refines it.
 
 trainables/base.py holds the model side (the key, the cache, the checksummed file); this module
 decides which bases a study needs and points its trials at them.
@@ -13,6 +14,7 @@ from study.console import console_stream
 from study.store import BASE_RECORD, TRAIN_RUNS_DIR, StudyStore, join
 from trainables.base import (
     BaseTrainer,
+    base_checkpoint,
     base_trial_config,
     data_fingerprint,
     ensure_base,
@@ -58,11 +60,16 @@ def prepare_base(
     the same budget."""
     if cfg.base is None:
         return cfg
-    data_fp = data_fp or study_data_fingerprint(cfg)
-    info = ensure_base(
-        _base_config(cfg, cfg.trial.seed), cfg.storage, data_fp, train or ray_trainer(cfg), say
-    )
-    trial = make_trial_config({**vars(cfg.trial), "base_checkpoint": info["path"]})
+    path = base_checkpoint(cfg.base)
+    if path is not None:
+        say(f"[base] refining the classifier in {path}; no training")
+    else:
+        data_fp = data_fp or study_data_fingerprint(cfg)
+        info = ensure_base(
+            _base_config(cfg, cfg.trial.seed), cfg.storage, data_fp, train or ray_trainer(cfg), say
+        )
+        path = info["path"]
+    trial = make_trial_config({**vars(cfg.trial), "base_checkpoint": path})
     return dataclasses.replace(cfg, trial=trial)
 
 
@@ -97,9 +104,12 @@ def confirmation_bases(
     `base.confirmation: shared` keeps the study's base for every seed: the intervals then cover
     the refinement's variation only and the answer holds for that one base, but no base is
     re-trained (the cifar10-cpu preset's choice: three more bases would cost about 45 of its
-    150 minutes on 2 cores). Without a `base:` the list is all None (from scratch)."""
+    150 minutes on 2 cores). Without a `base:` the list is all None (from scratch); a base
+    given by its checkpoint is every seed's (there is no recipe to re-run)."""
     if cfg.base is None:
         return [None] * seeds
+    if base_checkpoint(cfg.base) is not None:
+        return [base_checkpoint(cfg.base)] * seeds
     data_fp = data_fp or study_data_fingerprint(cfg)
     train = train or ray_trainer(cfg)
     if cfg.base.get("confirmation") == "shared":  # the study's own base, from the cache

@@ -15,15 +15,17 @@ from typing import Any
 import yaml
 
 from study.store import DEFAULT_OBJECTIVES
-from trainables.base import BASES_DIR, validate_base
+from trainables.base import BASES_DIR, CHECKPOINT_KEY, validate_base
 from trainables.config import (
     METHODS,
+    ROLE_OF,
     TEST_EVAL_KEYS,
     TRIAL_FIELDS,
     ConfigError,
     TrialConfig,
     fields_with_role,
     make_trial_config,
+    methods_reading,
     validate_trial_value,
 )
 
@@ -88,6 +90,24 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
+class BaselineSearch:
+    """A baseline searched like the method: `num_samples` configurations of its keys, each at
+    the study's replicate seeds, in its own experiment (study_dir/search-<method>)."""
+
+    method: str
+    search: dict[str, ParamSpec]
+    num_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        search = {k: v.to_dict() for k, v in self.search.items()}
+        return {"method": self.method, "search": search, "num_samples": self.num_samples}
+
+
+SEARCHABLE_ROLES = ("optimization", "adversarial", "baseline")  # what a baseline's search sets
+SAMPLES_PER_SEARCHED_KEY = 5  # a searched baseline's default configurations per searched key
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study: which trials to run, what to search, and where results go."""
 
@@ -104,6 +124,9 @@ class StudyConfig:
     # Methods trained with the fixed trial settings beside the search (in study_dir/baselines),
     # so every front is read against them.
     baselines: tuple[str, ...] = ()
+    # Baselines searched like the method (a `baselines:` entry with a `search:`), each with its
+    # own front.
+    baseline_searches: tuple[BaselineSearch, ...] = ()
     # Seeds per configuration (searched ones and baselines); the searcher sees their mean.
     replicates: int = 2
     # Fresh seeds with which the front and the baselines are re-trained and tested (0 = skip).
@@ -123,6 +146,14 @@ class StudyConfig:
     # trial config's: what the test costs is decided when confirming, and no key changes
     # training. {}: the trials' own settings.
     confirm_eval: dict[str, Any] = field(default_factory=dict)
+    # The test evaluation of the answer's primary pair, on top of confirm_eval: the front's
+    # first configuration (its most robust, the front being ordered by clean accuracy) and the
+    # reference, at every confirmation seed; e.g. AutoAttack on more images than the other
+    # trials can afford. {}: as every other confirmation trial.
+    primary_eval: dict[str, Any] = field(default_factory=dict)
+    # The clean accuracies at which fronts.csv reads each confirmed front's robust accuracy.
+    # (): three levels inside the clean range every front spans (analysis/fronts.py).
+    matched_clean: tuple[float, ...] = ()
 
     @property
     def study_dir(self) -> str:
@@ -136,6 +167,9 @@ class StudyConfig:
         """Plain data for study.json (read back by the analysis package)."""
         d = dataclasses.asdict(self)
         d["search"] = {k: v.to_dict() for k, v in self.search.items()}
+        # `baselines:` as a user writes it: the fixed methods, then the searched ones
+        d["baselines"] = [*self.baselines, *(b.to_dict() for b in self.baseline_searches)]
+        del d["baseline_searches"]
         return d
 
 
@@ -143,6 +177,23 @@ DEFAULT_SEARCH = {
     "mask_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},
     "reg_weight": {"type": "loguniform", "low": 1e-3, "high": 10.0},
 }
+
+EPSILON_8_255 = {"type": "uniform", "low": 0.0, "high": 8 / 255}
+BETA = {"type": "loguniform", "low": 0.1, "high": 10.0}  # TRADES' beta, IG-NORM's lambda
+# ERM, PGD-AT at the trial's eps (the answer's reference), and PGD-AT, TRADES and IG-NORM
+# searched like the method over their own keys, 5 configurations per searched key (TRADES's
+# two keys: 6, to bound its cost)
+CIFAR_BASELINES = [
+    "erm",
+    "pgd_at",
+    {"method": "pgd_at", "search": {"epsilon": EPSILON_8_255}, "num_samples": 5},
+    {
+        "method": "trades",
+        "search": {"baseline_weight": BETA, "epsilon": EPSILON_8_255},
+        "num_samples": 6,
+    },
+    {"method": "ig_norm", "search": {"baseline_weight": BETA}, "num_samples": 5},
+]
 
 # Presets are plain data: the base a YAML file or the command line overrides.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -185,7 +236,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CIFAR-10 with the airbench-style CNN; eps in the usual 0..8/255 range.
     "cifar10": {
         "num_samples": 16,
-        "baselines": ["erm", "pgd_at", "ig_norm"],
+        "baselines": CIFAR_BASELINES,
         "trial": {
             "dataset": "cifar10",
             "model": "fast_cnn",
@@ -213,22 +264,29 @@ PRESETS: dict[str, dict[str, Any]] = {
             # memory of the other methods (benchmarks.ig_memory)
             "ig_micro_batch": 64,
         },
-        "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 8 / 255}},
+        "search": {**DEFAULT_SEARCH, "epsilon": EPSILON_8_255},
+        # AutoAttack on 500 test images per confirmation trial, 1,000 for the primary pair
+        "confirm_eval": {"final_eval_subset": 500},
+        "primary_eval": {"final_eval_subset": 1_000},
     },
-    # CIFAR-10 on 2 CPU cores, no GPU: a width-32 fast_cnn base trained once on both cores (12
-    # epochs of ERM), refined by every trial on a 3,000-image subset with a 128-image LIME
-    # pool, two trials at a time, a core each (costs: docs/benchmarks.md, "CIFAR-10 on the
-    # CPU"). The confirmation refines the same base at each seed (base.confirmation: shared;
-    # docs/results.md says why) and tests on 500 test images: FGSM and PGD-20 at four eps, the
-    # worst case at 2/255 and 8/255, PGD-50 and AutoAttack at 2/255 on 100 of them, CIFAR-10-C
-    # on 500; clean accuracy on the whole test split.
+    # CIFAR-10 on 2 CPU cores, no GPU: a width-16 fast_cnn base trained once on both cores (9
+    # epochs of ERM, one-cycle learning rate, label smoothing: benchmarks.cifar_base), refined
+    # by every trial on a 3,000-image subset with a 128-image LIME pool, two trials at a time, a
+    # core each (costs: docs/benchmarks.md, "CIFAR-10 on the CPU"). PGD-AT, TRADES and IG-NORM
+    # are searched like the method, each over its own keys. The confirmation refines the same
+    # base at each seed (base.confirmation: shared; docs/results.md says why); clean accuracy
+    # on the whole test split, the worst case at 2/255 and 8/255 on 1,000 test images, FGSM
+    # and PGD-20 at four eps, PGD-50 and AutoAttack at 2/255 (on 500 images for the primary
+    # pair, 100 for the others), CIFAR-10-C on 500.
     "cifar10-cpu": {
         "num_samples": 12,
-        "baselines": ["erm", "pgd_at", "ig_norm"],
+        "baselines": CIFAR_BASELINES,
         "base": {
             "method": "erm",
-            "epochs": 12,
-            "lr": 0.1,
+            "epochs": 9,
+            "lr": 0.2,
+            "lr_schedule": "one_cycle",
+            "label_smoothing": 0.2,
             "train_subset": None,
             "cpus_per_worker": 2.0,
             "confirmation": "shared",
@@ -236,7 +294,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "trial": {
             "dataset": "cifar10",
             "model": "fast_cnn",
-            "model_width": 32,
+            "model_width": 16,
             "train_subset": 3_000,
             "rounds": 2,
             "epochs_per_round": 1,
@@ -255,7 +313,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "blackbox_queries": 100,
             "eval_grid": "1/255,2/255,4/255,8/255",
             "answer_epsilons": "2/255,8/255",
-            "final_eval_subset": 100,
+            "final_eval_subset": 100,  # AutoAttack's images, but for the primary pair's
             "final_restarts": 1,
             "cifar10c_images": 500,
             "num_workers": 0,  # each trial in its own Tune process
@@ -264,14 +322,19 @@ PRESETS: dict[str, dict[str, Any]] = {
             # the memory, which two trials on 24 GB do not have (benchmarks.ig_memory)
             "ig_micro_batch": 64,
         },
-        "search": {**DEFAULT_SEARCH, "epsilon": {"type": "uniform", "low": 0.0, "high": 8 / 255}},
+        "search": {**DEFAULT_SEARCH, "epsilon": EPSILON_8_255},
+        # the test's worst case on 1,000 images (the search validates on 500); AutoAttack on 500
+        # for the answer's primary pair (a 95% interval of about +-4 points near 50% accuracy,
+        # against +-10 on 100 images), on 100 for the other trials
+        "confirm_eval": {"eval_subset": 1_000},
+        "primary_eval": {"final_eval_subset": 500},
     },
 }
 
 STUDY_KEYS = {
     "name", "storage", "preset", "num_samples", "max_concurrent_trials", "searcher",
     "seed", "objectives", "search", "trial", "baselines", "replicates", "confirm_seeds",
-    "scheduler", "base", "ablation", "confirm_eval",
+    "scheduler", "base", "ablation", "confirm_eval", "primary_eval", "matched_clean",
 }  # fmt: skip
 
 
@@ -295,8 +358,8 @@ def _check_int(where: str, value: Any, low: int, high: int | None = None) -> int
     return value
 
 
-def _param_spec(name: str, spec: Any) -> ParamSpec:
-    where = f"search.{name}"
+def _param_spec(name: str, spec: Any, where: str | None = None) -> ParamSpec:
+    where = where or f"search.{name}"
     if name not in TRIAL_FIELDS:
         raise ConfigError(f"{where}: not a trial key; known keys: {', '.join(TRIAL_FIELDS)}")
     if not isinstance(spec, dict):
@@ -326,14 +389,80 @@ def _param_spec(name: str, spec: Any) -> ParamSpec:
     return ParamSpec(kind, low=low, high=high)
 
 
+def _matched_clean(raw: Any) -> tuple[float, ...]:
+    if raw is None:
+        return ()
+    numbers = (
+        isinstance(raw, list)
+        and len(raw) <= 10
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw)
+    )
+    if numbers and all(0 < v < 1 for v in raw):
+        return tuple(float(v) for v in raw)
+    raise ConfigError(
+        f"matched_clean: expected a list of up to 10 clean accuracies in (0, 1), e.g. [0.8, 0.85], "
+        f"got {raw!r}"
+    )
+
+
+def _baselines(raw: Any) -> tuple[tuple[str, ...], tuple[BaselineSearch, ...]]:
+    """`baselines:`: method names (a fixed point each) and mappings {method, search,
+    num_samples} (searched like the method). A method appears at most once in each kind."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"baselines: expected a list of methods, got {raw!r}")
+    fixed: list[str] = []
+    searched: list[BaselineSearch] = []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, str):
+            if entry not in BASELINE_METHODS:
+                raise ConfigError(f"baselines: {entry!r} is not one of {BASELINE_METHODS}")
+            if entry in fixed:
+                raise ConfigError(f"baselines: {entry!r} is listed twice")
+            fixed.append(entry)
+            continue
+        where = f"baselines[{i}]"
+        if not isinstance(entry, dict) or set(entry) - {"method", "search", "num_samples"}:
+            raise ConfigError(
+                f"{where}: expected a method or a mapping {{method, search, num_samples}}, "
+                f"got {entry!r}"
+            )
+        method = entry.get("method")
+        if method not in BASELINE_METHODS:
+            raise ConfigError(f"{where}.method: must be one of {BASELINE_METHODS}, got {method!r}")
+        if any(b.method == method for b in searched):
+            raise ConfigError(f"{where}: {method} is searched twice")
+        space = entry.get("search")
+        if not isinstance(space, dict) or not space:
+            raise ConfigError(f"{where}.search: expected a mapping of trial key to distribution")
+        specs = {}
+        for key, spec in space.items():
+            specs[key] = _param_spec(key, spec, f"{where}.search.{key}")
+            if method not in methods_reading(key):
+                raise ConfigError(
+                    f"{where}.search.{key}: {method} does not read {key} (read by "
+                    f"{', '.join(methods_reading(key))})"
+                )
+            if ROLE_OF[key] not in SEARCHABLE_ROLES:
+                raise ConfigError(
+                    f"{where}.search.{key}: not a training key a baseline can search (roles "
+                    f"{', '.join(SEARCHABLE_ROLES)})"
+                )
+        default = SAMPLES_PER_SEARCHED_KEY * len(specs)
+        n = _check_int(f"{where}.num_samples", entry.get("num_samples", default), 1, 100_000)
+        searched.append(BaselineSearch(method, specs, n))
+    return tuple(fixed), tuple(searched)
+
+
 def _merge(base: dict, override: dict) -> dict:
-    """Shallow-merge two study dicts; `trial`, `search` and `base` merge one level deeper."""
+    """Shallow-merge two study dicts; `trial`, `search` and `base` merge one level deeper (a
+    base given by its checkpoint and a base to train replace each other whole)."""
     out = dict(base)
     for key, value in override.items():
         if (
             key in ("trial", "search", "base")
             and isinstance(value, dict)
             and isinstance(out.get(key), dict)
+            and (key != "base" or (CHECKPOINT_KEY in value) == (CHECKPOINT_KEY in out[key]))
         ):
             out[key] = {**out[key], **value}
         else:
@@ -408,12 +537,7 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
     search = values.get("search") or {}
     if not isinstance(search, dict):
         raise ConfigError("search: expected a mapping of trial key to distribution")
-    baselines = values.get("baselines") or []
-    if not isinstance(baselines, list) or len(set(baselines)) != len(baselines):
-        raise ConfigError(f"baselines: expected a list of distinct methods, got {baselines!r}")
-    for method in baselines:
-        if method not in BASELINE_METHODS:
-            raise ConfigError(f"baselines: {method!r} is not one of {BASELINE_METHODS}")
+    baselines, baseline_searches = _baselines(values.get("baselines") or [])
     max_conc = values.get("max_concurrent_trials")
     trial_cfg = make_trial_config(trial)
     num_samples = _check_int("num_samples", values.get("num_samples", 8), 1, 100_000)
@@ -422,6 +546,7 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
     if ablation is not None:
         _check_ablation_study(given, scheduler)
         search, num_samples = {}, len(ABLATION_VARIANTS)
+    confirm_eval = validate_confirm_eval(values.get("confirm_eval"), trial_cfg)
     return StudyConfig(
         name=name,
         storage=storage,
@@ -435,34 +560,40 @@ def build_study_config(values: dict[str, Any]) -> StudyConfig:
         objectives=dict(objectives),
         search={k: _param_spec(k, v) for k, v in search.items() if v is not None},
         trial=trial_cfg,
-        baselines=tuple(baselines),
+        baselines=baselines,
+        baseline_searches=baseline_searches,
         replicates=_check_int("replicates", values.get("replicates", 2), 1, MAX_REPLICATES),
         confirm_seeds=_check_int("confirm_seeds", values.get("confirm_seeds", 3), 0, 1000),
         scheduler=scheduler,
         base=validate_base(values.get("base"), trial_cfg),
         ablation=ablation,
-        confirm_eval=validate_confirm_eval(values.get("confirm_eval"), trial_cfg),
+        confirm_eval=confirm_eval,
+        matched_clean=_matched_clean(values.get("matched_clean")),
+        primary_eval=validate_confirm_eval(
+            values.get("primary_eval"), trial_cfg, "primary_eval", confirm_eval
+        ),
     )
 
 
-def validate_confirm_eval(raw: Any, trial: TrialConfig) -> dict[str, Any]:
-    """`confirm_eval:` as validated trial values of TEST_EVAL_KEYS ({} when absent)."""
+def validate_confirm_eval(
+    raw: Any, trial: TrialConfig, where: str = "confirm_eval", under: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`confirm_eval:` (or `primary_eval:`, applied over `under`) as validated trial values of
+    TEST_EVAL_KEYS ({} when absent)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"confirm_eval: expected a mapping like {{final_eval_subset: 200}}, got {raw!r}"
+            f"{where}: expected a mapping like {{final_eval_subset: 200}}, got {raw!r}"
         )
     for key in raw:
         if key not in TEST_EVAL_KEYS:
-            raise ConfigError(
-                f"confirm_eval.{key}: not a test-evaluation key; one of {TEST_EVAL_KEYS}"
-            )
-    values = {k: validate_trial_value(k, v, f"confirm_eval.{k}") for k, v in raw.items()}
+            raise ConfigError(f"{where}.{key}: not a test-evaluation key; one of {TEST_EVAL_KEYS}")
+    values = {k: validate_trial_value(k, v, f"{where}.{k}") for k, v in raw.items()}
     try:  # the checks across keys, on the trial config the confirmation will run
-        make_trial_config({**vars(trial), **values})
+        make_trial_config({**vars(trial), **(under or {}), **values})
     except ConfigError as e:
-        raise ConfigError(f"confirm_eval: {e}") from e
+        raise ConfigError(f"{where}: {e}") from e
     return values
 
 

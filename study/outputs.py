@@ -12,7 +12,8 @@ import posixpath
 
 import pandas as pd
 
-from analysis.plots import config_front_figure
+from analysis.fronts import front_comparison, outside_every_front
+from analysis.plots import config_front_figure, confirmed_fronts_figure
 from analysis.replicates import (
     aggregate_configs,
     answer_metrics,
@@ -21,8 +22,8 @@ from analysis.replicates import (
     p_front,
     selection_bias,
 )
-from analysis.results import load_trials, outcome_table
-from analysis.tables import answer_table_text, front_table
+from analysis.results import METHOD_LABEL, load_trials, outcome_table
+from analysis.tables import answer_table_text, front_table, fronts_table_text
 from study.config import ABLATION_REFERENCE, ABLATION_VARIANTS, ConfigError, StudyConfig
 from study.console import console_stream
 from study.scheduler import stopped_configs
@@ -33,6 +34,8 @@ from study.store import (
     CONFIRMATION_DIR,
     CONFIRMATION_FILE,
     CONFIRMED_FILE,
+    FRONTS_FIGURE,
+    FRONTS_FILE,
     OUTCOMES_FILE,
     OUTCOMES_MARK,
     PARETO_FIGURE,
@@ -42,6 +45,7 @@ from study.store import (
     STUDY_FILE,
     TRIALS_FILE,
     StudyStore,
+    baseline_search_name,
     open_fs,
 )
 
@@ -109,33 +113,47 @@ def summarize(cfg: StudyConfig):
     study = trials[trials["experiment"] != CONFIRMATION_DIR]
     metrics = [*cfg.objectives, *(m for m in VAL_METRICS if m not in cfg.objectives)]
     configs = aggregate_configs(study, metrics, list(cfg.search))
-    searched = study[study["experiment"] == cfg.name]
+    # the method's search first (its front's first configuration is the answer's primary
+    # one), then each searched baseline's: every one gets its own front
+    searches = {cfg.name: (METHOD_LABEL, list(cfg.search))} | {
+        baseline_search_name(b.method): (f"Baseline {b.method}, searched", list(b.search))
+        for b in cfg.baseline_searches
+    }
+    fronts = []
+    out = console_stream()
     if not configs.empty:
-        is_searched = configs["experiment"] == cfg.name
-        shares = p_front(searched, cfg.objectives)
-        configs["p_front"] = configs["config_id"].map(shares).where(is_searched)
-        front = config_front(configs[is_searched], cfg.objectives)
-    else:
-        front = configs
+        configs["p_front"] = float("nan")
+    for experiment, (label, keys) in searches.items():
+        is_searched = (configs["experiment"] == experiment) if not configs.empty else None
+        front, n_done = configs, 0
+        if not configs.empty:
+            shares = p_front(study[study["experiment"] == experiment], cfg.objectives)
+            configs.loc[is_searched, "p_front"] = configs.loc[is_searched, "config_id"].map(shares)
+            front = config_front(configs[is_searched], cfg.objectives)
+            n_done = int(is_searched.sum())
+        fronts.append(front)
+        print(f"\nPareto-optimal configurations by validation means, {label} ({len(front)} of "
+              f"{n_done}; 95% intervals over seeds and validation images):", file=out)  # fmt: skip
+        print(front_table(front, cfg.objectives, keys), file=out)
+    front = pd.concat([f for f in fronts if len(f)] or fronts[:1], ignore_index=True)
     store.write_table(CONFIGS_FILE, configs)
     store.write_table(PARETO_FILE, front)
     if not configs.empty:  # nothing finished yet: no figure
         figure = config_front_figure(configs, cfg.objectives, title=f"Study {cfg.name}")
         store.write_figure(PARETO_FIGURE, figure)
-    n_done = int(is_searched.sum()) if not configs.empty else 0
-    out = console_stream()
-    print(f"\nPareto-optimal configurations by validation means ({len(front)} of {n_done}; "
-          "95% intervals over seeds and validation images):", file=out)  # fmt: skip
-    print(front_table(front, cfg.objectives, list(cfg.search)), file=out)
     print(f"Tables and figure: {cfg.study_dir}", file=out, flush=True)
     return front
 
 
-def write_confirmation_tables(cfg: StudyConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def write_confirmation_tables(
+    cfg: StudyConfig,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame]:
     """trials.csv again (now with the confirmation), confirmation.csv, confirmed.csv,
-    selection_bias.csv, for an ablation ablation.csv, and answer.csv (last: its presence says
-    the confirmation is done); returns the answer and the ablation table (None for a search).
-    The ablation is the answer's paired comparison with the full setting as the reference."""
+    selection_bias.csv, fronts.csv and confirmed_fronts.png (each method's confirmed front
+    against the method's: analysis.fronts), for an ablation ablation.csv, and answer.csv (last:
+    its presence says the confirmation is done); returns the answer, the ablation table (None
+    for a search) and the fronts' comparison. The ablation is the answer's paired comparison
+    with the full setting as the reference."""
     store = StudyStore(cfg.study_dir)
     trials = write_trials_table(cfg)  # with the confirmation trials now
     confirmation = trials[trials["experiment"] == CONFIRMATION_DIR]
@@ -144,17 +162,34 @@ def write_confirmation_tables(cfg: StudyConfig) -> tuple[pd.DataFrame, pd.DataFr
     confirmed = aggregate_configs(confirmation, metrics, list(cfg.search))
     front = store.read_table(PARETO_FILE)
     bias = selection_bias(front, confirmed, cfg.objectives)
-    answer = answer_table(confirmation)
+    answer = answer_table(confirmation, order=_front_order(front))
     ablation = None
     if cfg.ablation is not None:
-        ablation = answer_table(confirmation, reference=ABLATION_REFERENCE)
+        ablation = answer_table(
+            confirmation, reference=ABLATION_REFERENCE, order=list(ABLATION_VARIANTS)
+        )
+    fronts = pd.DataFrame()
+    if cfg.ablation is None:
+        fronts = front_comparison(confirmation, levels=cfg.matched_clean or None)
+        for level in outside_every_front(fronts):
+            print(f"matched_clean: {level:.3f} is outside every confirmed front's clean range; "
+                  "fronts.csv has no figure at it", file=console_stream())  # fmt: skip
     store.write_table(CONFIRMATION_FILE, without_outcomes(confirmation))
     store.write_table(CONFIRMED_FILE, confirmed)
     store.write_table(SELECTION_BIAS_FILE, bias)
+    store.write_table(FRONTS_FILE, fronts)
+    if not fronts.empty:
+        store.write_figure(FRONTS_FIGURE, confirmed_fronts_figure(confirmed, title=cfg.name))
     if ablation is not None:
         store.write_table(ABLATION_FILE, ablation)
     store.write_table(ANSWER_FILE, answer)
-    return answer, ablation
+    return answer, ablation, fronts
+
+
+def _front_order(front: pd.DataFrame | None) -> list[str]:
+    if front is None or "config_id" not in front:
+        return []
+    return list(front["config_id"].astype(str))
 
 
 def confirmed_ids(cfg: StudyConfig) -> list[str]:
@@ -187,10 +222,16 @@ def front_ids_of(store: StudyStore) -> list[str]:
     return front["config_id"].astype(str).tolist()
 
 
-def print_answer(answer, ablation=None) -> None:
-    """The study's answer: each confirmed front configuration against PGD-AT, paired by seed;
-    then, for an ablation, each variant against the full setting."""
+def print_answer(answer, ablation=None, fronts=None) -> None:
+    """The study's answer: each method's confirmed front against the method's (hypervolume,
+    robust accuracy at matched clean accuracy), then each confirmed front configuration against
+    PGD-AT, paired by seed; then, for an ablation, each variant against the full setting."""
     out = console_stream()
+    if fronts is not None and not fronts.empty:
+        print("\nThe fronts (test split; each method's confirmed front, its hypervolume and its "
+              "robust accuracy at matched clean accuracy, against the method's; 95% intervals "
+              "over seeds and test images):", file=out)  # fmt: skip
+        print(fronts_table_text(fronts), file=out, flush=True)
     if answer.empty:
         print("\nNo answer table: PGD-AT is not among the baselines or nothing was confirmed.",
               file=out)  # fmt: skip

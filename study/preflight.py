@@ -17,9 +17,17 @@ import jsonschema
 from study.config import ConfigError, StudyConfig, read_yaml
 from study.ray_internals import prepared_cluster_config
 from study.store import LOG_FILE, STUDY_FILE, StudyStore, is_remote
-from trainables.base import base_trial_config
-from trainables.config import make_trial_config
-from trainables.data import DataError, load_splits
+from trainables.base import (
+    BaseModelError,
+    base_checkpoint,
+    base_trial_config,
+    fit_base_weights,
+    load_base_weights,
+)
+from trainables.config import check_test_size, make_trial_config
+from trainables.data import DataError, Splits
+from trainables.models import ARCHITECTURES, ModelError, model_factory
+from trainables.refine import build_trial_model, load_trial_splits
 
 
 def with_gpus_per_trial(cfg: StudyConfig, gpus: float | None) -> StudyConfig:
@@ -76,16 +84,59 @@ def check_cluster_file(path: str) -> None:
         raise ConfigError(f"{path}: {e}") from e
 
 
-def check_data(cfg: StudyConfig) -> None:
-    """Read a local --data-dir once (truncated archives, failed checksums) before anything
-    starts; the workers read it again from the cache this leaves."""
+def check_data(cfg: StudyConfig) -> Splits | None:
+    """Read a local --data-dir once before anything starts (truncated archives, unreadable
+    images, failed checksums, classes that differ between train and test, test subsets larger
+    than the test split); the workers read it again from the cache this leaves. Returns the
+    data (test split sealed), or None when it is not on this machine."""
     t = cfg.trial
     if t.data_dir is None or is_remote(t.data_dir):
-        return
+        return None
     try:
-        load_splits(t.dataset, t.data_dir, val_size=t.val_size, with_test=False)
+        splits = load_trial_splits(t, download=False)
     except DataError as e:
         raise ConfigError(f"--data-dir: {e}") from e
+    evaluations = {
+        "trial": {},
+        "confirm_eval": cfg.confirm_eval,
+        "primary_eval": {**cfg.confirm_eval, **cfg.primary_eval},
+    }
+    for where, values in evaluations.items():
+        try:
+            check_test_size(dataclasses.replace(t, **values), splits.test_size)
+        except ConfigError as e:
+            if where == "trial":
+                raise
+            raise ConfigError(f"{where}: {e}") from e
+    return splits
+
+
+def check_model(cfg: StudyConfig, splits: Splits | None) -> None:
+    """A user's model (`package.module:factory`, `torchvision:NAME`) imports and takes the
+    factory's keywords; built on the data (`splits`, or digits, always at hand) it gives
+    logits of the right shape on one batch; the base checkpoint, if any, fits it. Each as one
+    ConfigError line, before any trial starts. Without the data here (a remote data_dir, a
+    torchvision data set still to download) the trials find what only the data can show."""
+    t = cfg.trial
+    checkpoint, where = base_checkpoint(cfg.base), "base.checkpoint"
+    if checkpoint is None:
+        checkpoint, where = t.base_checkpoint, "trial.base_checkpoint"
+    if t.model in ARCHITECTURES and checkpoint is None:
+        return
+    try:
+        model_factory(t.model)
+        if splits is None and t.dataset == "digits":
+            splits = load_trial_splits(t, download=False)
+        if splits is None:
+            return
+        model = build_trial_model(t, splits)
+    except ModelError as e:
+        raise ConfigError(f"trial.model: {e}") from e
+    if checkpoint is not None:
+        try:
+            fit_base_weights(model, load_base_weights(checkpoint), checkpoint)
+        except BaseModelError as e:
+            raise ConfigError(f"{where}: {e}") from e
 
 
 def check_address(address: str | None) -> None:
@@ -130,7 +181,8 @@ def resource_shortfall(cfg: StudyConfig, cluster: dict[str, float]) -> str | Non
     cluster without GPUs): Tune then waits, and its own warnings go to the log file. Not an
     error: an autoscaling cluster adds the nodes when the trials ask for them."""
     needs = {"a trial": trial_resources(cfg)}
-    if cfg.base is not None:  # the base trains with the base section's resources
+    # a base to train trains with the base section's resources
+    if cfg.base is not None and base_checkpoint(cfg.base) is None:
         base = base_trial_config(cfg.trial, cfg.base, cfg.trial.seed)
         needs["the base"] = trial_resources(dataclasses.replace(cfg, trial=base))
     for who, resources in needs.items():

@@ -39,10 +39,11 @@ class ReplicateSearcher(Searcher):
     gets no result and no error), so a first-round figure is never taken for a final one.
     """
 
-    def __init__(self, searcher: Searcher, replicates: int, study_seed: int):
+    def __init__(self, searcher: Searcher, replicates: int, study_seed: int, id_prefix: str = "c"):
         self.searcher = searcher
         self.replicates = replicates
         self.study_seed = study_seed
+        self.id_prefix = id_prefix  # config ids are <prefix>000, <prefix>001, ...
         self._groups: list[_Group] = []
         self._group_of: dict[str, _Group] = {}
         super().__init__(metric=searcher.metric, mode=searcher.mode)
@@ -60,7 +61,8 @@ class ReplicateSearcher(Searcher):
             config = self.searcher.suggest(trial_id)
             if config is None or config == Searcher.FINISHED:
                 return config
-            group = _Group(f"c{len(self._groups):03d}", trial_id, copy.deepcopy(config))
+            group_id = f"{self.id_prefix}{len(self._groups):03d}"
+            group = _Group(group_id, trial_id, copy.deepcopy(config))
             self._groups.append(group)
         replicate = len(group.trial_ids)
         group.trial_ids.append(trial_id)

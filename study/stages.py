@@ -8,6 +8,7 @@ left, so a resumed stage keeps its finished trials and its searcher's state) and
 which tells a stage that finished from one Ctrl-C stopped.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -21,11 +22,12 @@ from ray import tune
 from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from analysis.replicates import ANSWER_METRICS
+from analysis.replicates import ANSWER_METRICS, REFERENCE
 from analysis.results import load_trials
 from study.base import confirmation_bases, prepare_base, write_base_record
 from study.config import (
     ABLATION_VARIANTS,
+    BaselineSearch,
     ConfigError,
     StudyConfig,
     confirm_seed,
@@ -57,11 +59,13 @@ from study.store import (
     SCHEDULER_STATE_FILE,
     TRAIN_RUNS_DIR,
     StudyStore,
+    baseline_search_name,
     join,
     keep_log,
     local_log_path,
 )
 from trainables import trial
+from trainables.base import base_checkpoint
 from trainables.config import TRIAL_FIELDS, make_trial_config
 from trainables.data import DataError
 
@@ -137,7 +141,7 @@ def search_space(cfg: StudyConfig) -> dict[str, Any]:
     return space
 
 
-def make_searcher(cfg: StudyConfig):
+def make_searcher(cfg: StudyConfig, id_prefix: str = "c"):
     """Optuna through Ray Tune, multi-objective (metric and mode are lists, set only here:
     setting them on TuneConfig too would silently make the study single-objective), wrapped so
     each configuration runs `replicates` times and Optuna sees the mean."""
@@ -153,7 +157,7 @@ def make_searcher(cfg: StudyConfig):
     optuna_search = OptunaSearch(
         metric=list(cfg.objectives), mode=list(cfg.objectives.values()), sampler=sampler
     )
-    return ReplicateSearcher(optuna_search, cfg.replicates, cfg.trial.seed)
+    return ReplicateSearcher(optuna_search, cfg.replicates, cfg.trial.seed, id_prefix)
 
 
 def _trainable(cfg: StudyConfig):
@@ -313,9 +317,37 @@ def run_ablation_variants(cfg: StudyConfig) -> None:
 
 
 def run_baselines(cfg: StudyConfig) -> None:
-    """The baselines, `replicates` seeds each, in study_dir/baselines, run or resumed to their
-    end."""
-    run_fixed_trials(cfg, join(cfg.study_dir, BASELINES_DIR), baseline_points(cfg), "baselines")
+    """The fixed baselines, `replicates` seeds each, in study_dir/baselines, then each searched
+    baseline in its own experiment, run or resumed to their end."""
+    if cfg.baselines:
+        path = join(cfg.study_dir, BASELINES_DIR)
+        run_fixed_trials(cfg, path, baseline_points(cfg), BASELINES_DIR)
+    for baseline in cfg.baseline_searches:
+        run_baseline_search(cfg, baseline)
+
+
+def baseline_study(cfg: StudyConfig, baseline: BaselineSearch) -> StudyConfig:
+    """The study as a searched baseline runs it: its method, its space and its number of
+    configurations; the same replicates, trial budget, searcher and seed as the method's, and
+    no early stopping (a baseline never gets less than its full budget)."""
+    return dataclasses.replace(
+        cfg,
+        trial=dataclasses.replace(cfg.trial, method=baseline.method),
+        search=baseline.search,
+        num_samples=baseline.num_samples,
+        scheduler={"type": "fifo"},
+    )
+
+
+def run_baseline_search(cfg: StudyConfig, baseline: BaselineSearch) -> None:
+    """One baseline searched like the method, in study_dir/search-<method>, its configurations
+    named <method>-c000, ... (stage "baselines": never stopped early, test split sealed)."""
+    bcfg = baseline_study(cfg, baseline)
+    space = {**search_space(bcfg), "stage": BASELINES_DIR}
+    searcher = make_searcher(bcfg, id_prefix=f"{baseline.method}-c")
+    path = join(cfg.study_dir, baseline_search_name(baseline.method))
+    total = bcfg.num_samples * bcfg.replicates
+    _run_stage(bcfg, path, space, searcher, total, BASELINES_DIR)
 
 
 def _plain(value: Any) -> Any:
@@ -345,15 +377,18 @@ def confirmation_points(
     bases: list[str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """The configurations (confirmed_ids), then the baselines, each at `seeds` fresh seeds,
-    with the study's `confirm_eval` test evaluation; with `bases`
-    (study.base.confirmation_bases), seed j's trials refine bases[j]."""
+    with the study's `confirm_eval` test evaluation, and `primary_eval` over it for the
+    answer's primary pair (the first configuration and the reference; a search's only); with
+    `bases` (study.base.confirmation_bases), seed j's trials refine bases[j]."""
     baseline_ids = [m for m in cfg.baselines if (trials["config/config_id"] == m).any()]
+    primary = {config_ids[0], REFERENCE} if config_ids and cfg.ablation is None else set()
     points = []
     for config_id in [*config_ids, *baseline_ids]:
+        test_eval = {**cfg.confirm_eval, **(cfg.primary_eval if config_id in primary else {})}
         for j in range(seeds):
             point = {
                 **trial_config_of(trials, config_id),
-                **cfg.confirm_eval,
+                **test_eval,
                 "stage": CONFIRMATION_DIR,
                 "replicate": j,
                 "seed": confirm_seed(cfg.trial.seed, j),
@@ -424,7 +459,8 @@ def _with_ray(cfg: StudyConfig, address: str | None, verbose: bool, body) -> Non
         print(f"Study {cfg.name}: Ray's own output goes to {log}", file=console_stream())
     try:
         with StudyLog(log, verbose, handled=(ConfigError, DataError, StageInterrupted)):
-            train_runs = cfg.trial.num_workers > 0 or cfg.base is not None
+            base_to_train = cfg.base is not None and base_checkpoint(cfg.base) is None
+            train_runs = cfg.trial.num_workers > 0 or base_to_train
             connected = connect_ray(address, train_runs)
             try:
                 body()
@@ -444,7 +480,7 @@ def _run_stages(cfg: StudyConfig, resume: bool) -> None:
     cfg = prepare_base(cfg)  # the shared base model, trained or found in the cache
     write_base_record(cfg)
     run_search(cfg)
-    if cfg.baselines:
+    if cfg.baselines or cfg.baseline_searches:
         run_baselines(cfg)
     front = summarize(cfg)
     if cfg.confirm_seeds and not front.empty:

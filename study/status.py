@@ -82,6 +82,11 @@ class StudySummary:
         return self.totals["confirmation"] is not None or self.answer is not None
 
 
+def baseline_trials(baselines) -> int:
+    """Configurations the baselines run: one per fixed method, num_samples per searched one."""
+    return sum(1 if isinstance(b, str) else int(b.get("num_samples") or 0) for b in baselines)
+
+
 def _stopped_configs(store: StudyStore) -> dict[str, int]:
     """config id -> rung at which MO-ASHA stopped it (study.scheduler.stopped_configs)."""
     state = store.read_json(SCHEDULER_STATE_FILE) or {}
@@ -167,7 +172,7 @@ def summarize_study(study_dir: str | os.PathLike) -> StudySummary:
     confirm_seeds = int(settings.get("confirm_seeds") or 0)
     totals: dict[str, int | None] = {
         "search": int(settings.get("num_samples") or 0) * replicates,
-        "baselines": len(settings.get("baselines") or ()) * replicates,
+        "baselines": baseline_trials(settings.get("baselines") or ()) * replicates,
         "confirmation": len(plan) if plan is not None else (0 if confirm_seeds == 0 else None),
     }
 

@@ -36,23 +36,33 @@ PLAN_FILE = "confirmation_plan.json"  # the confirmation's trial points, fixed w
 CONFIRMATION_FILE = "confirmation.csv"
 CONFIRMED_FILE = "confirmed.csv"
 SELECTION_BIAS_FILE = "selection_bias.csv"
+FRONTS_FILE = "fronts.csv"  # each method's confirmed front against the method's
+FRONTS_FIGURE = "confirmed_fronts.png"
 ANSWER_FILE = "answer.csv"  # the confirmation writes it last
 ABLATION_FILE = "ablation.csv"  # an ablation's variants against its full setting
 REPORT_FILE = "report.html"  # python -m analysis.report
 # What the confirmation writes, in order (a re-run archives them first).
 CONFIRMATION_TABLES = (
-    CONFIRMATION_FILE, CONFIRMED_FILE, SELECTION_BIAS_FILE, ABLATION_FILE, ANSWER_FILE,
+    CONFIRMATION_FILE, CONFIRMED_FILE, SELECTION_BIAS_FILE, FRONTS_FILE, FRONTS_FIGURE,
+    ABLATION_FILE, ANSWER_FILE,
 )  # fmt: skip
 # The objectives of a study whose settings name none: selection happens on validation; the test
 # split is read by the confirmation stage only.
 DEFAULT_OBJECTIVES = {"val_clean_acc": "max", "val_robust_acc": "max"}
 # The folders of its Tune experiments beside the search's own, and of its Ray Train runs.
 BASELINES_DIR = "baselines"
+BASELINE_SEARCH_PREFIX = "search-"  # a searched baseline's experiment: search-<method>
 CONFIRMATION_DIR = "confirmation"
 TRAIN_RUNS_DIR = "train_runs"
 # The stages, by the name each goes by everywhere (a trial's `stage`, the console, the tables):
 # the search runs in the study directory itself, the others in the folders of their names.
 STAGES = ("search", BASELINES_DIR, CONFIRMATION_DIR)
+
+
+def baseline_search_name(method: str) -> str:
+    """The experiment (folder) of a baseline searched like the method, and the prefix of its
+    configurations' ids (`pgd_at-c000`) is the method's name."""
+    return f"{BASELINE_SEARCH_PREFIX}{method}"
 
 
 def is_remote(path: str | os.PathLike) -> bool:

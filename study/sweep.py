@@ -18,6 +18,7 @@ from study.preflight import (
     check_address,
     check_cluster_file,
     check_data,
+    check_model,
     check_paths,
     with_gpus_per_trial,
 )
@@ -34,12 +35,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--config", metavar="FILE.yaml", help="study YAML (keys: see README)")
     p.add_argument("--preset", choices=list(PRESETS), help="base settings (default: digits)")
-    p.add_argument("--dataset", help="override the dataset: digits (embedded), cifar10 or cifar100")
+    p.add_argument(
+        "--dataset",
+        help="override the dataset: digits (embedded), imagefolder (your own, in --data-dir), "
+        "or torchvision's cifar10, cifar100, mnist, fashion_mnist, svhn, gtsrb, flowers102, "
+        "stl10 (docs/data-and-models.md)",
+    )
     p.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="CIFAR data: torchvision's folder, an ImageFolder tree with train/ and test/, "
-        "or its .tar.gz (default: download with torchvision into the cache)",
+        help="imagefolder: a folder with train/<class>/* (and test/<class>/*), its .tar.gz or "
+        ".zip, or a CSV of path,label; a torchvision data set: torchvision's folder (CIFAR: "
+        "also an ImageFolder tree or its .tar.gz; default: download into the cache)",
     )
     p.add_argument(
         "--num-samples",
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             cfg = _resumed_config(cfg)
         check_paths(cfg, args.resume)
-        check_data(cfg)
+        check_model(cfg, check_data(cfg))
         check_address(args.address or os.environ.get("RAY_ADDRESS"))
         run_study(cfg, resume=args.resume, address=args.address, verbose=args.verbose)
     except (ConfigError, DataError) as e:

@@ -89,7 +89,16 @@ TINY_STUDY = {
     "name": "tiny",
     "num_samples": 2,
     "replicates": 2,
-    "baselines": ["pgd_at"],
+    # PGD-AT at the trial's eps, and PGD-AT searched over eps (one configuration: the
+    # machinery of a searched baseline, its own experiment, front and confirmation)
+    "baselines": [
+        "pgd_at",
+        {
+            "method": "pgd_at",
+            "search": {"epsilon": {"type": "uniform", "low": 0.05, "high": 0.2}},
+            "num_samples": 1,
+        },
+    ],  # fmt: skip
     "confirm_seeds": 2,
     "trial": TINY_TRIAL,
 }
@@ -98,8 +107,8 @@ TINY_STUDY = {
 @pytest.fixture(scope="session")
 def tiny_study(ray_local, tmp_path_factory) -> str:
     """A real study (Ray Tune + OptunaSearch, in-process trials) through every stage: 2
-    configurations x 2 replicates, PGD-AT x 2 replicates, then the front and PGD-AT confirmed
-    at 2 seeds.
+    configurations x 2 replicates, PGD-AT x 2 replicates, PGD-AT searched over eps (1
+    configuration x 2 replicates), then the fronts and PGD-AT confirmed at 2 seeds.
 
     Run as a user runs it, `python -m study.sweep --config FILE`, joined to the session's Ray
     instance, with its storage given as a URI (file://), so it takes the path of a remote

@@ -41,3 +41,15 @@ def test_autoattack_fools_a_plain_model_at_a_large_eps(model):
     x_adv = AutoAttack(eps=0.5)(model, x, y)
     with torch.no_grad():
         assert (model(x_adv).argmax(1) != y).all()
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_autoattack_runs_with_fewer_than_four_classes(classes):
+    """APGD-T's targeted loss needs four logits: with fewer the suite runs without it."""
+    torch.manual_seed(0)
+    few = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, classes))
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6) % classes
+    x_adv = AutoAttack(eps=0.5)(few.eval(), x, y)
+    assert (x_adv - x).abs().max() <= 0.5 + 1e-6
+    with torch.no_grad():
+        assert (few(x_adv).argmax(1) != y).all()

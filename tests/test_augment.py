@@ -38,6 +38,19 @@ def test_the_weight_map_moves_with_its_image():
     assert torch.equal(out_x[:, :1], out_w)
 
 
-def test_auto_is_on_for_cifar_only():
-    assert resolve("auto", "cifar10") == "flip_translate" and resolve("auto", "digits") == "none"
+def test_auto_is_on_for_photographs_only():
+    for dataset in ("cifar10", "cifar100", "stl10", "flowers102"):
+        assert resolve("auto", dataset) == "flip_translate"
+    for dataset in ("digits", "mnist", "fashion_mnist", "svhn", "gtsrb", "imagefolder"):
+        assert resolve("auto", dataset) == "none"  # a flipped 2 or sign is another class
     assert resolve("none", "cifar10") == "none"
+    assert resolve("flip_translate", "imagefolder") == "flip_translate"
+
+
+def test_the_translation_grows_with_the_image():
+    x = torch.zeros(64, 1, 64, 64)
+    x[:, :, 32, 32] = 1  # one lit pixel: where it lands is the shift
+    (out,) = flip_translate((x,), torch.Generator().manual_seed(0))
+    rows, cols = (out[:, 0] == 1).nonzero()[:, 1:].T
+    assert (rows - 32).abs().max() == 8  # an eighth of 64
+    assert ((cols - 32).abs() <= 9).all()  # a flip moves column 32 to 31

@@ -33,6 +33,9 @@ def cifar_tree(tmp_path, monkeypatch):
     return root
 
 
+SPACE = {"type": "uniform", "low": 0.0, "high": 0.1}
+
+
 def _main(tmp_path, capsys, *argv):
     code = sweep.main([*argv, "--storage", str(tmp_path / "store"), "--name", "bad"])
     err = capsys.readouterr().err.strip()
@@ -71,6 +74,32 @@ def _yaml(tmp_path, data) -> str:
         ({"search": {"lr": {"type": "uniform", "low": 0.01, "high": 0.1, "step": 2}}}, "search.lr"),
         ({"max_concurrent_trials": 0}, "max_concurrent_trials"),
         ({"objectives": ["clean_acc"]}, "objectives"),
+        ({"primary_eval": {"lr": 0.1}}, "primary_eval.lr: not a test-evaluation key"),
+        ({"primary_eval": {"final_eval_subset": 451}}, "primary_eval: trial.final_eval_subset"),
+        ({"matched_clean": [0.8, 1.5]}, "matched_clean"),
+        (
+            {"baselines": [{"method": "pgd_at", "search": {"mask_ratio": SPACE}}]},
+            "baselines[0].search.mask_ratio: pgd_at does not read mask_ratio",
+        ),
+        (
+            {
+                "baselines": [
+                    {"method": "trades", "search": {"seed": {"type": "int", "low": 0, "high": 3}}}
+                ]
+            },
+            "baselines[0].search.seed: not a training key",
+        ),
+        ({"baselines": [{"method": "pgd_at"}]}, "baselines[0].search"),
+        ({"baselines": ["erm", "erm"]}, "baselines: 'erm' is listed twice"),
+        (
+            {
+                "baselines": [
+                    {"method": "ig_norm", "search": {"baseline_weight": SPACE}},
+                    {"method": "ig_norm", "search": {"epsilon": SPACE}},
+                ]
+            },
+            "baselines[1]: ig_norm is searched twice",
+        ),  # fmt: skip
     ],
 )
 def test_bad_yaml_values(tmp_path, capsys, data, fragment):
@@ -183,3 +212,120 @@ def test_non_numeric_flag_from_a_real_process(tmp_path):
     )  # fmt: skip
     assert out.returncode == 2 and "--gpus-per-trial" in out.stderr
     assert not (tmp_path / "store").exists()
+
+
+# --- your own data, model and trained classifier (docs/data-and-models.md) ---------------------
+
+
+def _own_data_study(tmp_path, data_dir, **trial):
+    return _yaml(
+        tmp_path, {"trial": {"dataset": "imagefolder", "data_dir": str(data_dir), **trial}}
+    )
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        ("empty", "pets: no train/ folder"),
+        ("class_without_images", "pets: train/bee/ holds no images"),
+        ("corrupt", "pets: train/ant/3.png is not a readable image"),
+        ("different_classes", "pets: test/ has class 'dog', which train/ lacks"),
+        ("mixed_sizes", "pets: images differ in size"),
+    ],
+)
+def test_bad_image_folders(tmp_path, capsys, monkeypatch, damage, fragment):
+    from tests.test_own_data import make_image_folder
+
+    monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "pets"
+    if damage == "empty":
+        root.mkdir()
+    else:
+        make_image_folder(root, train=6, test=2)
+    if damage == "class_without_images":
+        for path in (root / "train" / "bee").iterdir():
+            path.unlink()
+    elif damage == "corrupt":
+        (root / "train" / "ant" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 40)
+    elif damage == "different_classes":
+        (root / "test" / "dog").mkdir()
+    elif damage == "mixed_sizes":
+        Image.new("RGB", (32, 32)).save(root / "train" / "cat" / "small.png")
+    code, err = _main(tmp_path, capsys, "--config", _own_data_study(tmp_path, root))
+    _assert_rejected(tmp_path, code, err, f"error: --data-dir: {root.parent}/{fragment}")
+
+
+def test_a_csv_with_a_missing_file(tmp_path, capsys, monkeypatch):
+    from tests.test_own_data import make_image_folder
+
+    monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "pets", train=6, test=0)
+    csv = tmp_path / "labels.csv"
+    rows = [f"pets/train/{c}/{i}.png,{c}" for c in ("ant", "bee", "cat") for i in range(6)]
+    csv.write_text("\n".join([*rows, "pets/train/cat/gone.png,cat"]) + "\n")
+    study = _own_data_study(tmp_path, csv, test_fraction=0.3)
+    code, err = _main(tmp_path, capsys, "--config", study)
+    _assert_rejected(tmp_path, code, err, "labels.csv: line 19: pets/train/cat/gone.png does not")
+
+
+MODELS = """
+from torch import nn
+
+def takes_x(x):
+    return nn.Linear(64, 10)
+"""
+
+
+@pytest.mark.parametrize(
+    "model, fragment",
+    [
+        ("no_such_package.models:net", "trial.model: no_such_package.models:net: cannot import"),
+        ("bad_inputs_models:takes_x", "must take in_channels, num_classes and image_size"),
+        ("torchvision:resnet_nine", "torchvision has no classification model 'resnet_nine'"),
+    ],
+)
+def test_a_model_that_does_not_import_or_has_the_wrong_signature(
+    tmp_path, capsys, monkeypatch, model, fragment
+):
+    (tmp_path / "bad_inputs_models.py").write_text(MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err = _main(tmp_path, capsys, "--config", _yaml(tmp_path, {"trial": {"model": model}}))
+    _assert_rejected(tmp_path, code, err, fragment)
+
+
+def test_a_base_checkpoint_that_does_not_fit_the_model(tmp_path, capsys):
+    import torch
+
+    from trainables.models import build_model
+
+    other = build_model(
+        "small_cnn", in_channels=1, num_classes=3, image_size=8, mean=[0.3], std=[0.4]
+    )  # three classes where digits has ten
+    torch.save(other[1].state_dict(), tmp_path / "mine.pt")
+    config = _yaml(tmp_path, {"base": {"checkpoint": str(tmp_path / "mine.pt")}})
+    code, err = _main(tmp_path, capsys, "--config", config)
+    _assert_rejected(
+        tmp_path, code, err, "base.checkpoint: base model " + str(tmp_path / "mine.pt")
+    )
+    assert "does not fit the model: key '8.weight' has shape (3, 64) in the checkpoint" in err
+
+
+def test_test_subsets_larger_than_a_scanned_test_split(tmp_path, capsys, monkeypatch):
+    from tests.test_own_data import make_image_folder
+
+    monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
+    root = make_image_folder(tmp_path / "pets", train=6, test=2)
+    study = _own_data_study(tmp_path, root)  # the digits preset's final_eval_subset: 64
+    code, err = _main(tmp_path, capsys, "--config", study)
+    _assert_rejected(
+        tmp_path, code, err, "trial.final_eval_subset: imagefolder's test split has 6 images"
+    )
+    study = _yaml(
+        tmp_path,
+        {
+            "trial": {"dataset": "imagefolder", "data_dir": str(root), "final_eval_subset": 6},
+            "confirm_eval": {"eval_subset": 7},
+        },
+    )
+    code, err = _main(tmp_path, capsys, "--config", study)
+    _assert_rejected(tmp_path, code, err, "confirm_eval: trial.eval_subset: imagefolder's test")

@@ -268,6 +268,37 @@ def test_a_shared_base_is_refined_at_every_confirmation_seed(tmp_path, digits_fp
     assert plain.trial.base_checkpoint == prepared.trial.base_checkpoint and train.calls == 1
 
 
+def test_a_base_given_by_its_checkpoint_is_refined_everywhere_and_never_trained(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    study = _study(tmp_path, base={"checkpoint": "mine.pt"})
+    path = str(tmp_path / "mine.pt")
+    assert study.base == {"checkpoint": path}  # absolute: the trials run elsewhere
+    assert build_study_config(json.loads(json.dumps(study.to_dict()))).base == study.base
+    train, lines = CountingTrainer(), []
+    prepared = prepare_base(study, train, "unused", say=lines.append)
+    assert prepared.trial.base_checkpoint == path and train.calls == 0
+    assert lines == [f"[base] refining the classifier in {path}; no training"]
+    assert {p["base_checkpoint"] for p in stages.baseline_points(prepared)} == {path}
+    bases = confirmation_bases(prepared, 3, train, "unused")
+    assert bases == [path] * 3 and train.calls == 0
+    write_base_record(prepared)
+    record = json.loads((tmp_path / "study" / "base.json").read_text())
+    assert record["base"] == {"checkpoint": path} and record["path"] == path
+    # a checkpoint replaces a preset's base to train, whole
+    cpu = build_study_config(
+        {"preset": "cifar10-cpu", "storage": str(tmp_path), "base": {"checkpoint": path}}
+    )
+    assert cpu.base == {"checkpoint": path}
+    for bad, fragment in [
+        ({"checkpoint": path, "epochs": 2}, "base.epochs: a base given by its checkpoint"),
+        ({"checkpoint": ""}, "base.checkpoint: expected a path or URI"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment):
+            _study(tmp_path, base=bad)
+
+
 # --- the Ray Train path ----------------------------------------------------------------------
 
 

@@ -65,3 +65,25 @@ def test_ig_memory_benchmark_at_smoke_scale(tmp_path):
     assert chunked["loss"] == pytest.approx(whole["loss"], rel=0.05)  # PGD's starts differ
     assert whole["peak_rss_gib"] > 0.1 and chunked["seconds_per_step"] > 0
     assert whole["time_ratio_to_first"] == 1.0
+
+
+@pytest.mark.slow  # a base, a PGD-AT refinement and the attacks at smoke scale: ~60 s
+def test_square_budget_benchmark_at_smoke_scale(cifar10_tarball, tmp_path):
+    from benchmarks import square_budget
+
+    threads = ["--threads", str(torch.get_num_threads())]  # main sets it: keep this process's
+    base = tmp_path / "base.pt"
+    cifar_base.main(["--data-dir", str(cifar10_tarball), *threads, "--epochs", "1",
+                     "--train-subset", "256", "--save", str(base)])  # fmt: skip
+    assert (tmp_path / "base.pt.sha256").read_text().strip()
+    out = square_budget.main(
+        ["--data-dir", str(cifar10_tarball), *threads, "--base", str(base), "--train-subset",
+         "256", "--images", "16", "--queries", "5", "50", "--autoattack-images", "2",
+         "--eps", "8/255"]
+    )  # fmt: skip
+    assert [(r["model"], r["eps"]) for r in out["rows"]] == [("erm", "8/255"), ("pgd_at", "8/255")]
+    for row in out["rows"]:
+        assert 0 <= row["pgd_acc"] <= 1 and 0 <= row["square50_acc"] <= 1
+        assert row["square50_gap"] == pytest.approx(100 * (row["square50_acc"] - row["pgd_acc"]))
+        assert row["autoattack_s_per_image"] > 0
+    assert out["smallest_budget_within"] in (None, 5, 50)

@@ -36,7 +36,7 @@ def test_ints_are_accepted_where_floats_are_expected():
     "overrides, fragment",
     [
         ({"preset": "imagenet"}, "preset"),
-        ({"trial": {"dataset": "mnist"}}, "trial.dataset"),
+        ({"trial": {"dataset": "imagenet"}}, "trial.dataset"),
         ({"trial": {"mask_ratio": 1.5}}, "trial.mask_ratio"),
         ({"trial": {"rounds": "three"}}, "trial.rounds"),
         ({"trial": {"rounds": 2.5}}, "trial.rounds"),
@@ -73,7 +73,7 @@ def _run_main(tmp_path, capsys, *argv):
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["--preset", "digits", "--dataset", "svhn"], "trial.dataset"),
+        (["--preset", "digits", "--dataset", "imagenet"], "trial.dataset"),
         (["--num-samples", "-1"], "num_samples"),
         (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "does not exist"),
         (["--resume", "--name", "never-ran"], "--resume"),
@@ -173,6 +173,31 @@ def test_confirm_eval_sets_the_test_evaluation_of_the_confirmation_points(tmp_pa
     ]:
         with pytest.raises(ConfigError, match=message):
             build_study_config({**values, "confirm_eval": bad})
+
+
+def test_primary_eval_sizes_the_primary_pair_only(tmp_path):
+    import pandas as pd
+
+    from study.config import build_study_config
+
+    values = {"name": "s", "storage": str(tmp_path), "baselines": ["erm", "pgd_at"],
+              "confirm_seeds": 2, "confirm_eval": {"final_eval_subset": 10}}  # fmt: skip
+    cfg = build_study_config({**values, "primary_eval": {"final_eval_subset": 50}})
+    rows = [*stages.baseline_points(cfg), {**vars(cfg.trial), "config_id": "c001"},
+            {**vars(cfg.trial), "config_id": "c000"}]  # fmt: skip
+    trials = pd.DataFrame([{f"config/{k}": v for k, v in p.items()} for p in rows])
+    points = stages.confirmation_points(cfg, trials, ["c001", "c000"], cfg.confirm_seeds)
+    sizes = {(p["config_id"], p["seed"]): p["final_eval_subset"] for p in points}
+    assert {k: v for k, v in sizes.items() if v == 50} == {
+        ("c001", s): 50 for s in {p["seed"] for p in points}
+    } | {("pgd_at", s): 50 for s in {p["seed"] for p in points}}
+    assert sizes[("c000", points[0]["seed"])] == sizes[("erm", points[0]["seed"])] == 10
+    with pytest.raises(ConfigError, match="primary_eval.lr: not a test-evaluation key"):
+        build_study_config({**values, "primary_eval": {"lr": 1.0}})
+    with pytest.raises(
+        ConfigError, match="primary_eval: trial.final_eval_subset: digits.s test split has 450"
+    ):
+        build_study_config({**values, "primary_eval": {"final_eval_subset": 1000}})
 
 
 def test_confirm_eval_on_the_command_line_is_kept_in_study_json(tmp_path, capsys):

@@ -26,7 +26,7 @@ def test_digits_split_is_fixed_stratified_and_in_range():
 
 def test_unknown_dataset_and_missing_dir():
     with pytest.raises(DataError, match="unknown dataset"):
-        load_splits("mnist")
+        load_splits("imagenet")
     with pytest.raises(DataError, match="does not exist"):
         load_splits("cifar10", "/nonexistent")
 
@@ -126,8 +126,8 @@ def _rewrite_first_image(root, value: int, keep_date: bool = False):
 def decodes(monkeypatch):
     """Count the image folders actually decoded (cache misses)."""
     calls = []
-    decode = data._decode_image_folder
-    monkeypatch.setattr(data, "_decode_image_folder", lambda *a: calls.append(a[0]) or decode(*a))
+    decode = data._decode
+    monkeypatch.setattr(data, "_decode", lambda *a: calls.append(a[0]) or decode(*a))
     return calls
 
 

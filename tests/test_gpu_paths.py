@@ -166,7 +166,7 @@ def test_random_starts_on_the_cpu_are_the_cpu_generators_stream(norm):
 def test_flip_translate_on_the_cpu_draws_as_before():
     """The same images out and the same generator state after (the loop draws its batch order
     and the augmentation from one generator on the CPU, so both must stay in step)."""
-    x, w = torch.rand(6, 3, 8, 8), torch.rand(6, 1, 8, 8)
+    x, w = torch.rand(6, 3, 32, 32), torch.rand(6, 1, 32, 32)  # 32x32: pad 4, as it was
     new, old = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
     for a, b in zip(
         augment.flip_translate((x, w), new), _old_flip_translate((x, w), old), strict=True

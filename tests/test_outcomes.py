@@ -49,6 +49,17 @@ def test_a_trial_reports_its_outcomes_and_the_study_writes_them_per_trial(tmp_pa
     pd.testing.assert_frame_equal(read_outcomes(trial_dir), table)
 
 
+def confirmation_row(config_id: str, method: str, replicate: int, clean, robust) -> dict:
+    """One finished confirmation trial with per-image clean and robust outcomes."""
+    return {
+        "trial_id": f"{config_id}-{replicate}", "status": "TERMINATED",
+        "experiment": "confirmation", "config/config_id": config_id,
+        "config/replicate": replicate, "config/method": method,
+        "test_clean_acc": clean.mean(), "test_robust_acc": robust.mean(),
+        "test_outcomes_clean": pack_outcomes(clean), "test_outcomes_robust": pack_outcomes(robust),
+    }  # fmt: skip
+
+
 def _confirmation(rng, shift: float, seeds: int = 3, images: int = 200) -> pd.DataFrame:
     """Confirmation rows of PGD-AT and c000 whose per-image outcomes differ by `shift` in robust
     accuracy (c000 better), equal in clean accuracy."""
@@ -58,16 +69,7 @@ def _confirmation(rng, shift: float, seeds: int = 3, images: int = 200) -> pd.Da
         for j in range(seeds):
             clean = rng.random(images) < 0.9
             robust = rng.random(images) < np.clip(0.3 + boost + 0.2 * base, 0, 1)
-            rows.append(
-                {
-                    "trial_id": f"{config_id}-{j}", "status": "TERMINATED",
-                    "experiment": "confirmation", "config/config_id": config_id,
-                    "config/replicate": j, "config/method": method,
-                    "test_clean_acc": clean.mean(), "test_robust_acc": robust.mean(),
-                    "test_outcomes_clean": pack_outcomes(clean),
-                    "test_outcomes_robust": pack_outcomes(robust),
-                }
-            )  # fmt: skip
+            rows.append(confirmation_row(config_id, method, j, clean, robust))
     return pd.DataFrame(rows)
 
 
@@ -80,6 +82,27 @@ def test_the_answer_names_a_real_gain_and_no_difference_where_there_is_none():
     assert row["test_clean_acc_diff_ci_low"] < 0 < row["test_clean_acc_diff_ci_high"]
     none = answer_table(_confirmation(rng, shift=0.0)).iloc[0]
     assert none["verdict"] == "no difference beyond the intervals"
+
+
+def test_arms_evaluated_on_more_images_pair_on_the_shared_prefix_and_order_follows_the_front():
+    """The primary pair's AutoAttack runs on more images than another configuration's: the
+    difference pairs on the images both saw (a prefix of one order), not on seeds alone."""
+    rng = np.random.default_rng(2)
+    second = _confirmation(rng, shift=0.3).iloc[3:]  # its c000 rows, renamed c001
+    second = second.assign(**{"config/config_id": "c001"})
+    frame = pd.concat([_confirmation(rng, shift=0.3), second], ignore_index=True)
+    ref = frame["config/config_id"] == "pgd_at"
+    full = [unpack_outcomes(t) for t in frame.loc[ref, "test_outcomes_robust"]]
+    longer = [np.concatenate([o, rng.random(300) < 0.5]) for o in full]  # 500 images
+    frame.loc[ref, "test_outcomes_robust"] = [pack_outcomes(o) for o in longer]
+    answer = answer_table(frame, metrics=["test_robust_acc"], order=["c001", "c000"])
+    assert list(answer["config_id"]) == ["c001", "c000"]
+    row = answer.iloc[1]
+    prefix = np.mean([unpack_outcomes(t).mean() for t in
+                      frame.loc[frame["config/config_id"] == "c000", "test_outcomes_robust"]]) - \
+        np.mean([o[:200].mean() for o in longer])  # fmt: skip
+    assert row["test_robust_acc_diff"] == pytest.approx(prefix)
+    assert row["test_robust_acc_diff_ci_low"] > 0.15  # images pair: a narrow interval
 
 
 def test_intervals_cover_the_images_even_where_every_seed_agrees():

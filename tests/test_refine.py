@@ -268,3 +268,38 @@ def test_augmentation_in_the_loop_is_seeded(digits):
     b = refine(make_trial_config(values), splits=digits)
     plain = refine(make_trial_config({**values, "augment": "none"}), splits=digits)
     assert a["train_loss"] == b["train_loss"] != plain["train_loss"]
+
+
+def test_learning_rate_schedules():
+    import itertools
+
+    """linear: from lr down to 0; one_cycle: up from lr/peak to lr over the first fifth, then
+    down to 0 (a base trained from scratch)."""
+    from trainables.config import make_trial_config
+    from trainables.refine import ONE_CYCLE_PEAK, learning_rate
+
+    linear = make_trial_config({"lr": 0.2})
+    cycle = make_trial_config({"lr": 0.2, "lr_schedule": "one_cycle"})
+    total = 100
+    assert learning_rate(linear, 0, total) == 0.2 and learning_rate(linear, 50, total) == 0.1
+    rates = [learning_rate(cycle, step, total) for step in range(total)]
+    peak = round(ONE_CYCLE_PEAK * total)
+    assert rates[0] == pytest.approx(0.2 / peak) and max(rates) == pytest.approx(0.2)
+    assert rates.index(max(rates)) == peak - 1
+    assert all(a <= b for a, b in itertools.pairwise(rates[:peak]))
+    assert all(a >= b for a, b in itertools.pairwise(rates[peak - 1 :]))
+    assert rates[-1] == pytest.approx(0.2 / (total - peak))
+
+
+def test_label_smoothing_enters_the_training_loss():
+    from trainables.config import make_trial_config
+    from trainables.refine import training_loss
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    w = torch.ones(8, 1, 8, 8)
+    for smoothing in (0.0, 0.2):
+        cfg = make_trial_config({"method": "erm", "label_smoothing": smoothing})
+        expected = F.cross_entropy(model(x), y, label_smoothing=smoothing)
+        assert training_loss(cfg, model, x, y, w, 0).item() == pytest.approx(expected.item())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from trainables.data import load_splits
-from trainables.segmentation import segment_batch
+from trainables.segmentation import SUPERPIXELS_BY_SIDE, segment_batch, superpixel_defaults
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,60 @@ def test_bad_input_is_named(images, match):
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown segmentation"):
         segment_batch(np.zeros((1, 8, 8, 1)), "felzenszwalb")
+
+
+def _smooth_images(n: int, side: int, channels: int = 3) -> np.ndarray:
+    """Random images with structure at every size: 6x6 noise blown up to side x side."""
+    import torch
+
+    from trainables.data import resize
+
+    coarse = torch.from_numpy(np.random.default_rng(side).random((n, channels, 6, 6)))
+    return resize(coarse.float(), side).permute(0, 2, 3, 1).double().numpy()
+
+
+def test_the_defaults_grow_with_the_image_from_one_table():
+    rows = [superpixel_defaults(s, s) for s in (8, 16, 32, 48, 64, 128, 224, 512)]
+    for field in ("grid_cells", "slic_segments", "quickshift_kernel", "blur_sigma"):
+        values = [getattr(r, field) for r in rows]
+        assert values == sorted(values), field
+    assert superpixel_defaults(8, 8) == SUPERPIXELS_BY_SIDE[0][1]
+    assert superpixel_defaults(32, 20).slic_segments == 50  # the larger side decides
+
+
+@pytest.mark.parametrize(
+    "side, low, high", [(8, 16, 16), (32, 25, 40), (48, 50, 70), (96, 80, 105), (224, 85, 105)]
+)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_auto_superpixels_from_8x8_to_224x224(side, low, high, channels):
+    counts = _counts(segment_batch(_smooth_images(3, side, channels)))
+    assert low <= counts.min() and counts.max() <= high, counts
+
+
+def test_lime_masking_and_weight_maps_at_224x224():
+    """The pool's whole path on 224x224 RGB: superpixels, the torch back end's explanations
+    (its chunks and forward batches shrink with the image), each mask fill, the weight maps."""
+    import torch
+    from torch import nn
+
+    from trainables.explain import explain_images
+    from trainables.refine import lime_weight_maps, mask_superpixels
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 7, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    )  # fmt: skip
+    images = torch.from_numpy(_smooth_images(2, 224)).permute(0, 3, 1, 2).float()
+    segments = segment_batch(images.permute(0, 2, 3, 1).numpy())
+    explanations = explain_images(
+        model, images, torch.tensor([0, 2]), segments, backend="torch", num_samples=128
+    )
+    for e, seg in zip(explanations, segments, strict=True):
+        assert e.weights.shape == (seg.max() + 1,) and np.isfinite(e.weights).all()
+    for fill in ("mean", "zero", "blur"):
+        masked = mask_superpixels(images, explanations, 0.3, fill=fill)
+        changed = (masked != images).any(dim=1).float().mean().item()
+        assert masked.shape == images.shape and 0.05 < changed < 0.6, (fill, changed)
+    maps = lime_weight_maps(explanations, images.shape)
+    assert maps.shape == (2, 1, 224, 224) and maps.min() == 1 and maps.max() == 2

@@ -18,7 +18,8 @@ def test_study_writes_its_files(tiny_study):
     d = Path(tiny_study)
     for name in (
         "study.json", "trials.csv", "configs.csv", "pareto.csv", "pareto.png",
-        "confirmation.csv", "confirmed.csv", "selection_bias.csv", "answer.csv",
+        "confirmation.csv", "confirmed.csv", "selection_bias.csv", "answer.csv", "fronts.csv",
+        "confirmed_fronts.png",
     ):  # fmt: skip
         assert (d / name).stat().st_size > 0, name
     settings = json.loads((d / "study.json").read_text())
@@ -76,7 +77,13 @@ def test_configs_csv_is_the_mean_and_interval_of_the_replicates(tiny_study):
 def test_pareto_csv_holds_exactly_the_non_dominated_configurations(tiny_study):
     configs = pd.read_csv(f"{tiny_study}/configs.csv")
     searched = configs[configs["experiment"] == "tiny"]
-    front = pd.read_csv(f"{tiny_study}/pareto.csv")
+    fronts = pd.read_csv(f"{tiny_study}/pareto.csv")
+    front = fronts[fronts["experiment"] == "tiny"]
+    assert fronts["experiment"].iloc[0] == "tiny"  # the method's front first: its primary
+    # the searched baseline's own front, of its own configurations, named after it
+    baseline = fronts[fronts["experiment"] == "search-pgd_at"]
+    assert list(baseline["config_id"]) == ["pgd_at-c000"]
+    assert set(fronts["experiment"]) == {"tiny", "search-pgd_at"}
     points = searched[["val_clean_acc_mean", "val_robust_acc_mean"]].to_numpy()
     expected = {
         cid
@@ -126,7 +133,8 @@ def test_the_console_shows_the_study_and_ray_goes_to_the_log(tiny_study):
     lines = console.splitlines()
     assert len(lines) <= 80, console
     trial_lines = [line for line in lines if line.startswith(("[search] c", "[baselines] p"))]
-    assert len(trial_lines) == 6, console  # 4 searched + 2 PGD-AT, one line each
+    assert len(trial_lines) == 8, console  # 4 searched + 2 PGD-AT + 2 searched PGD-AT
+    assert "The fronts" in console
     assert any(line.startswith("[confirmation] ") for line in lines)
     assert "Pareto-optimal configurations" in console and "The answer" in console
     for raw in ("WARNING", "(raylet)", "TrainingReport", "UserWarning", "Trial status", "pid="):
@@ -182,3 +190,18 @@ def test_an_interrupted_stage_is_an_error_not_a_finished_stage(ray_local, tmp_pa
     path = str(tmp_path / "cut")
     restored = tune.Tuner.restore(path, trainable=_sleep_and_report, resume_unfinished=True)
     fit_stage(restored, path, 3, "search")
+
+
+def test_fronts_csv_compares_each_confirmed_front_with_the_methods(tiny_study):
+    fronts = pd.read_csv(f"{tiny_study}/fronts.csv")
+    assert list(fronts["front"].unique()) == ["lime_refine", "pgd_at", "pgd_at, searched"]
+    hv = fronts[fronts["statistic"] == "hypervolume"].set_index("front")
+    confirmed = pd.read_csv(f"{tiny_study}/confirmed.csv").set_index("config_id")
+    ref = confirmed.loc["pgd_at"]
+    assert hv.loc["pgd_at", "estimate"] == pytest.approx(
+        ref["test_clean_acc_mean"] * ref["test_robust_acc_mean"]
+    )  # one point: the rectangle it dominates
+    assert (hv["ci_low"] < hv["estimate"]).all() and (hv["estimate"] < hv["ci_high"]).all()
+    assert hv.loc["pgd_at", "diff"] == pytest.approx(
+        hv.loc["pgd_at", "estimate"] - hv.loc["lime_refine", "estimate"]
+    )

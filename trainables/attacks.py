@@ -125,7 +125,9 @@ class AutoAttack:
     takes the model as is; pyautoattack's API differs from the original repository's and would
     need reading and wrapping. "standard" = APGD-CE, APGD-T, FAB-T, Square (5,000 queries), each
     run only on the examples still classified correctly. The number of classes is read off
-    the model's output. The caller chooses the model's mode (evaluation runs in eval()).
+    the model's output; with fewer than 4, "standard" leaves APGD-T out (its targeted DLR loss
+    reads the four largest logits). The caller chooses the model's mode (evaluation runs in
+    eval()).
     """
 
     eps: float
@@ -144,9 +146,18 @@ class AutoAttack:
             return x.detach()
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
+        norm = "Linf" if self.norm == "linf" else "L2"
+        if self.version == "standard" and n_classes < 4:
+            common = dict(eps=self.eps, norm=norm, seed=self.seed, n_restarts=1)
+            attack = torchattacks.MultiAttack([
+                torchattacks.APGD(model, loss="ce", **common),
+                torchattacks.FAB(model, multi_targeted=True, n_classes=n_classes, **common),
+                torchattacks.Square(model, n_queries=5000, **common),
+            ])  # fmt: skip
+            return attack(x, y).detach()
         attack = torchattacks.AutoAttack(
             model,
-            norm="Linf" if self.norm == "linf" else "L2",
+            norm=norm,
             eps=self.eps,
             version=self.version,
             n_classes=n_classes,

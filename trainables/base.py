@@ -3,6 +3,9 @@
 The paper refines a trained classifier. A study with a `base:` section trains that classifier
 once (before its search) and every searched trial and baseline loads it into its model before
 round 1 (`TrialConfig.base_checkpoint`), then refines it with the study's own, equal budget.
+`base: {checkpoint: PATH_OR_URI}` names a classifier trained elsewhere instead: nothing is
+trained, and every trial (the confirmation's too) refines that file's weights
+(`fit_base_weights` says which state_dicts fit; docs/data-and-models.md).
 
 How the base is trained: with `refine()` itself, one round of `epochs` epochs of a non-LIME
 method (ERM by default), through the same Ray Train worker as the trials. For every method
@@ -32,6 +35,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import torch
+from torch import nn
 
 from trainables.augment import resolve
 from trainables.config import (
@@ -44,6 +48,7 @@ from trainables.config import (
     methods_reading,
     validate_trial_value,
 )
+from trainables.data import first_line
 
 # Bump when anything that shapes a base's weights changes in code (the training loop, a loss,
 # the models' initialization, the data pipeline): it is part of every base's key.
@@ -55,6 +60,7 @@ BASE_METHODS = tuple(m for m in METHODS if m != "lime_refine")
 # base.confirmation: the confirmation re-trains the base with each of its seeds (per_seed, the
 # default), or refines the study's one base at every seed (shared; study.base says when).
 BASE_CONFIRMATION = ("per_seed", "shared")
+CHECKPOINT_KEY = "checkpoint"  # base: {checkpoint: PATH_OR_URI}, a classifier trained elsewhere
 
 # Trial keys a `base:` section cannot set, and why.
 _NOT_BASE_KEYS = {
@@ -95,14 +101,30 @@ class BaseModelError(RuntimeError):
 
 
 def validate_base(raw: Any, trial: TrialConfig) -> dict[str, Any] | None:
-    """The `base:` section as plain data ({"method": ..., "epochs": ..., other trial keys}),
-    or None (train from scratch). Raises ConfigError with one line on anything wrong."""
+    """The `base:` section as plain data ({"method": ..., "epochs": ..., other trial keys}, or
+    {"checkpoint": path or URI}), or None (train from scratch). A local checkpoint path comes
+    back absolute (trials run in other directories). Raises ConfigError with one line on
+    anything wrong."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"base: expected a mapping like {{method: erm, epochs: 10}} or null, got {raw!r}"
+            f"base: expected a mapping like {{method: erm, epochs: 10}}, {{checkpoint: PATH}} "
+            f"or null, got {raw!r}"
         )
+    if CHECKPOINT_KEY in raw:
+        path = raw[CHECKPOINT_KEY]
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigError(f"base.checkpoint: expected a path or URI, got {path!r}")
+        others = sorted(set(raw) - {CHECKPOINT_KEY})
+        if others:
+            raise ConfigError(
+                f"base.{others[0]}: a base given by its checkpoint takes no other key (nothing "
+                "is trained)"
+            )
+        if "://" not in path:
+            path = os.path.abspath(os.path.expanduser(path))
+        return {CHECKPOINT_KEY: path}
     base: dict[str, Any] = {"method": "erm"}
     for key, value in raw.items():
         where = f"base.{key}"
@@ -136,6 +158,11 @@ def validate_base(raw: Any, trial: TrialConfig) -> dict[str, Any] | None:
             )
     base_trial_config(trial, base, trial.seed)  # the merged config passes the trial checks
     return base
+
+
+def base_checkpoint(base: dict[str, Any] | None) -> str | None:
+    """The classifier file a `base: {checkpoint: ...}` names (None: no base, or one to train)."""
+    return (base or {}).get(CHECKPOINT_KEY)
 
 
 def base_trial_config(trial: TrialConfig, base: dict[str, Any], seed: int) -> TrialConfig:
@@ -215,26 +242,71 @@ def _write(fs, path: str, data: bytes) -> None:
 
 
 def load_base_weights(uri: str) -> dict[str, torch.Tensor]:
-    """The state_dict in a base model file, after its SHA-256 sidecar matches; loaded with
-    weights_only=True (tensors and plain data, never arbitrary code)."""
+    """The state_dict in a model file, loaded with weights_only=True (tensors and plain data,
+    never arbitrary code) onto the CPU, after its SHA-256 sidecar (PATH.sha256) matches when
+    there is one (a base this module stored always has one; a user's checkpoint may).
+    The file holds a state_dict, or {"model": state_dict} as this module stores a base."""
     fs, path = _fs(uri)
     try:
         data = _read(fs, path)
-        expected = _read(fs, path + ".sha256").decode().strip()
+        sidecar = fs.get_file_info(path + ".sha256").type != pafs.FileType.NotFound
+        expected = _read(fs, path + ".sha256").decode().strip() if sidecar else None
     except OSError as e:
         raise BaseModelError(f"base model {uri}: cannot read ({e})") from e
-    if hashlib.sha256(data).hexdigest() != expected:
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise BaseModelError(f"base model {uri}: fails its SHA-256 (truncated or corrupted)")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first_line = (str(e) or type(e).__name__).splitlines()[0]
         raise BaseModelError(
-            f"base model {uri}: cannot be loaded with weights_only=True ({first_line})"
+            f"base model {uri}: cannot be loaded with weights_only=True ({first_line(e)})"
         ) from e
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise BaseModelError(f"base model {uri}: holds no model state_dict")
-    return state["model"]
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not state or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise BaseModelError(f"base model {uri}: holds no state_dict (names to tensors)")
+    return state
+
+
+def fit_base_weights(
+    model: nn.Sequential, weights: dict[str, torch.Tensor], uri: str
+) -> dict[str, torch.Tensor]:
+    """`weights` as a state_dict of `model` (Normalize, then the network; models.build_model),
+    or a BaseModelError naming the first missing or unexpected key, or a key whose shape differs.
+
+    Two layouts fit: the whole model's (keys "0.mean", "0.std", "1.<network key>": what the
+    engine stores, its normalization kept), and the network's alone (what
+    `torch.save(net.state_dict(), path)` writes), which then runs behind the engine's
+    Normalize with the training split's mean and std.
+    """
+    whole = model.state_dict()
+    network = [k.removeprefix("1.") for k in whole if k.startswith("1.")]
+    hidden_prefix = ""  # the prefix the checkpoint's own keys lack, left out of messages
+    if set(weights) == set(network):
+        weights = {"0.mean": whole["0.mean"], "0.std": whole["0.std"]} | {
+            f"1.{k}": v for k, v in weights.items()
+        }
+        hidden_prefix = "1."
+    elif set(weights) != set(whole):  # name the mismatch in the layout it is closer to
+        closer_to_whole = len(set(weights) & set(whole)) > len(set(weights) & set(network))
+        expected = list(whole) if closer_to_whole else network
+        missing = [k for k in expected if k not in weights]
+        unexpected = [k for k in weights if k not in expected]
+        what = f"missing key {missing[0]!r}" if missing else f"unexpected key {unexpected[0]!r}"
+        raise BaseModelError(
+            f"base model {uri} does not fit the model: {what} ({len(weights)} keys in the "
+            f"checkpoint, {len(expected)} in the model)"
+        )
+    for key, value in whole.items():
+        if tuple(weights[key].shape) != tuple(value.shape):
+            name = key.removeprefix(hidden_prefix)
+            raise BaseModelError(
+                f"base model {uri} does not fit the model: key {name!r} has shape "
+                f"{tuple(weights[key].shape)} in the checkpoint, {tuple(value.shape)} in the model"
+            )
+    return weights
 
 
 def read_cached(storage: str, key: str) -> tuple[dict[str, Any] | None, str]:
@@ -261,6 +333,15 @@ def read_cached(storage: str, key: str) -> tuple[dict[str, Any] | None, str]:
     return info, ""
 
 
+def model_file(state_dict: dict[str, torch.Tensor]) -> tuple[bytes, str]:
+    """A base model file's bytes (`{"model": state_dict}`, tensors on the CPU) and their SHA-256,
+    what its `.sha256` sidecar holds."""
+    buffer = io.BytesIO()
+    torch.save({"model": {k: v.detach().cpu() for k, v in state_dict.items()}}, buffer)
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def store_base(
     storage: str, key: str, state_dict: dict[str, torch.Tensor], info: dict[str, Any]
 ) -> dict[str, Any]:
@@ -271,10 +352,7 @@ def store_base(
     info_path = posixpath.join(root, INFO_FILE)
     if fs.get_file_info(info_path).type != pafs.FileType.NotFound:
         fs.delete_file(info_path)  # the entry is being replaced: incomplete until the end
-    buffer = io.BytesIO()
-    torch.save({"model": {k: v.detach().cpu() for k, v in state_dict.items()}}, buffer)
-    data = buffer.getvalue()
-    digest = hashlib.sha256(data).hexdigest()
+    data, digest = model_file(state_dict)
     _write(fs, posixpath.join(root, MODEL_FILE), data)
     _write(fs, posixpath.join(root, MODEL_FILE + ".sha256"), digest.encode())
     info = {**info, "key": key, "sha256": digest}

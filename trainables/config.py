@@ -13,9 +13,9 @@ from typing import Any
 from study.store import STAGES
 from trainables.attacks import NORMS
 from trainables.augment import AUGMENTATIONS
-from trainables.data import DATASETS, TEST_SIZES, TRAIN_SIZES
+from trainables.data import DATASETS, TEST_SIZES, TRAIN_SIZES, VARIABLE_SIZE
 from trainables.explain import BACKENDS
-from trainables.models import ARCHITECTURES
+from trainables.models import MODEL_HELP, is_model_name
 from trainables.segmentation import SEGMENTATIONS
 
 METHODS = ("lime_refine", "erm", "pgd_at", "ig_norm", "ig_sum_norm", "trades")
@@ -25,6 +25,7 @@ MASK_FILLS = ("mean", "zero", "blur")
 REG_WEIGHTINGS = ("uniform", "lime")
 TRAIN_ATTACKS = ("pgd", "fgsm", "none")
 AMP_MODES = ("none", "bf16")
+LR_SCHEDULES = ("linear", "one_cycle")
 
 
 class ConfigError(ValueError):
@@ -35,13 +36,18 @@ class ConfigError(ValueError):
 class TrialConfig:
     """Everything one trial needs; every field can be fixed in YAML or searched."""
 
-    # data
+    # data (docs/data-and-models.md): a dataset by name, or "imagefolder" with data_dir a
+    # folder, a .tar.gz or .zip of one, or a CSV of path,label
     dataset: str = "digits"
     data_dir: str | None = None
+    image_size: int | None = None  # resize every image to image_size x image_size on load
+    channels: int | None = None  # 1 (grey) or 3 (RGB); None = 1 when every image is grey, else 3
+    # an imagefolder without test/ (or a CSV): the share of its images held out as the test split
+    test_fraction: float | None = None
     train_subset: int | None = None  # None = the whole training set (less validation)
     val_size: int | None = None  # validation images carved from train; None = dataset default
     eval_subset: int | None = None  # validation images of the per-round evaluation (None = all)
-    # model and method
+    # model and method: a built-in architecture, "torchvision:NAME" or "package.module:factory"
     model: str = "small_cnn"
     model_width: int = 0  # fast_cnn's base width; 0 = the architecture's default
     method: str = "lime_refine"
@@ -54,7 +60,14 @@ class TrialConfig:
     batch_size: int = 64
     lr: float = 0.05
     weight_decay: float = 5e-4
-    augment: str = "auto"  # flip_translate | none | auto (flip_translate for CIFAR, none else)
+    # the learning rate over all steps: "linear" decays from lr to 0; "one_cycle" rises from 0
+    # to lr over the first fifth, then decays to 0 (a base trained from scratch)
+    lr_schedule: str = "linear"
+    # the training cross-entropy's label smoothing (erm, pgd_at, lime_refine)
+    label_smoothing: float = 0.0
+    # flip_translate | none | auto (flip_translate for photographs, trainables/data.py
+    # FLIP_INVARIANT; none for digits, letters, signs and an imagefolder)
+    augment: str = "auto"
     # mixed precision, opt-in: "bf16" runs lime_refine's and pgd_at's training attack and the
     # cross-entropy on its adversarial example under bfloat16 autocast (trainables/refine.py
     # training_loss); the input-gradient penalty, the other methods and evaluation stay float32
@@ -126,7 +139,10 @@ class TrialConfig:
 # (check, message) per field; types are checked separately from the annotations.
 _RANGES: dict[str, tuple[Any, str]] = {
     "dataset": (lambda v: v in DATASETS, f"must be one of {DATASETS}"),
-    "model": (lambda v: v in ARCHITECTURES, f"must be one of {tuple(ARCHITECTURES)}"),
+    "image_size": (lambda v: v is None or 8 <= v <= 1024, "must be in [8, 1024] (or null)"),
+    "channels": (lambda v: v in (None, 1, 3), "must be 1, 3 or null"),
+    "test_fraction": (lambda v: v is None or 0 < v < 1, "must be in (0, 1) (or null)"),
+    "model": (is_model_name, MODEL_HELP),
     "model_width": (lambda v: 0 <= v <= 4096, "must be in [0, 4096] (0 = default)"),
     "method": (lambda v: v in METHODS, f"must be one of {METHODS}"),
     "base_checkpoint": (lambda v: v is None or v.strip() != "", "must be a path or URI (or null)"),
@@ -142,6 +158,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "batch_size": (lambda v: 1 <= v <= 65536, "must be in [1, 65536]"),
     "lr": (lambda v: 0 < v <= 10, "must be in (0, 10]"),
     "weight_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "lr_schedule": (lambda v: v in LR_SCHEDULES, f"must be one of {LR_SCHEDULES}"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "augment": (lambda v: v in AUGMENTATIONS, f"must be one of {AUGMENTATIONS}"),
     "amp": (lambda v: v in AMP_MODES, f"must be one of {AMP_MODES}"),
     "pool_size": (lambda v: 0 <= v <= 1_000_000, "must be in [0, 1000000]"),
@@ -214,15 +232,15 @@ TRIAL_FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 # from it. A field without a role fails at import (check_roles).
 FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "data": ("dataset",),
-    # where the images are read from and how validation is carved from them: a base's key holds
-    # the training images' fingerprint instead
-    "data_selection": ("data_dir", "val_size"),
+    # where the images are read from, how they are decoded and how the test and validation
+    # splits are carved from them: a base's key holds the training images' fingerprint instead
+    "data_selection": ("data_dir", "image_size", "channels", "test_fraction", "val_size"),
     "model": ("model", "model_width"),
     "base": ("base_checkpoint",),  # set by the study from its `base:`
     "method": ("method",),
     "optimization": (
         "train_subset", "rounds", "epochs_per_round", "batch_size", "lr", "weight_decay",
-        "augment", "amp",
+        "lr_schedule", "label_smoothing", "augment", "amp",
     ),
     # LIME, masking and the penalty: read by lime_refine alone
     "lime": (
@@ -267,6 +285,7 @@ ROLE_OF = check_roles(list(TRIAL_FIELDS), FIELD_ROLES)
 # training_loss and backward); the "lime" role is lime_refine's alone.
 _READ_BY = {
     "amp": ("lime_refine", "pgd_at"),
+    "label_smoothing": ("erm", "lime_refine", "pgd_at"),
     "train_attack": ("lime_refine",),
     "attack_norm": ("lime_refine", "pgd_at"),
     "epsilon": tuple(m for m in METHODS if m != "erm"),
@@ -348,20 +367,53 @@ def make_trial_config(values: dict[str, Any]) -> TrialConfig:
         except RuntimeError as e:
             raise ConfigError(f"trial.cifar10c_images: {e}") from e
     _check_gpu_layout(cfg)
-    test_size = TEST_SIZES[cfg.dataset]
+    _check_data_keys(cfg)
+    if cfg.dataset in TEST_SIZES:  # an imagefolder's sizes: checked once it is scanned
+        check_test_size(cfg, TEST_SIZES[cfg.dataset])
+    train_size = TRAIN_SIZES.get(cfg.dataset)
+    if cfg.val_size is not None and train_size and cfg.val_size >= train_size - 100:
+        raise ConfigError(
+            f"trial.val_size: {cfg.dataset} has {train_size} training images; val_size must "
+            f"leave at least 100 of them for training, got {cfg.val_size}"
+        )
+    return cfg
+
+
+def check_test_size(cfg: TrialConfig, test_size: int) -> None:
+    """The test-split subsets fit a test split of `test_size` images."""
     for key in ("eval_subset", "final_eval_subset"):
         if (getattr(cfg, key) or 0) > test_size:
             raise ConfigError(
                 f"trial.{key}: {cfg.dataset}'s test split has {test_size} images, fewer than "
                 f"{getattr(cfg, key)}"
             )
-    train_size = TRAIN_SIZES[cfg.dataset]
-    if cfg.val_size is not None and cfg.val_size >= train_size - 100:
+
+
+def _check_data_keys(cfg: TrialConfig) -> None:
+    """What a dataset needs of the data keys, known from its name alone."""
+    if cfg.dataset == "imagefolder" and not cfg.data_dir:
         raise ConfigError(
-            f"trial.val_size: {cfg.dataset} has {train_size} training images; val_size must "
-            f"leave at least 100 of them for training, got {cfg.val_size}"
+            "trial.data_dir: imagefolder needs one (a folder, a .tar.gz or .zip of one, or a "
+            "CSV of path,label)"
         )
-    return cfg
+    if cfg.dataset in VARIABLE_SIZE and cfg.image_size is None:
+        raise ConfigError(
+            f"trial.image_size: {cfg.dataset}'s images differ in size; set image_size (e.g. "
+            "32) to resize them on load"
+        )
+    if (
+        cfg.cifar10c_images
+        and cfg.dataset == "cifar10"
+        and (cfg.image_size not in (None, 32) or cfg.channels == 1)
+    ):
+        raise ConfigError(
+            "trial.cifar10c_images: CIFAR-10-C corrupts 32x32 RGB images; with image_size or "
+            "channels changed set it to 0"
+        )
+    if cfg.test_fraction is not None and cfg.dataset != "imagefolder":
+        raise ConfigError(
+            f"trial.test_fraction: applies to imagefolder only; {cfg.dataset} has a test split"
+        )
 
 
 def _check_gpu_layout(cfg: TrialConfig) -> None:

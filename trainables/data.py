@@ -1,26 +1,63 @@
-"""Datasets as in-memory tensors: digits (embedded), CIFAR-10 and CIFAR-100.
+"""Datasets as in-memory tensors: digits (embedded), torchvision's data sets by name, and any
+image-classification folder, archive or CSV (`imagefolder`; docs/data-and-models.md).
 
 All images come back as float32 tensors (N, C, H, W) in [0, 1]; the models normalize inside.
 These datasets are small enough to hold in memory, which keeps the training loop free of
 DataLoader workers (a real cost on 2 cores) and makes every batch a single tensor index.
+Image files are decoded once into a content-keyed cache (`cache_dir()`), so the many trial
+processes of a study read arrays, not files.
 """
 
+import csv
 import hashlib
 import os
 import shutil
 import tarfile
 import time
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-DATASETS = ("digits", "cifar10", "cifar100")
-TRAIN_SIZES = {"digits": 1347, "cifar10": 50_000, "cifar100": 50_000}  # before validation
-TEST_SIZES = {"digits": 450, "cifar10": 10_000, "cifar100": 10_000}
-DEFAULT_VAL_SIZES = {"digits": 300, "cifar10": 5_000, "cifar100": 5_000}
+TORCHVISION_DATASETS = (
+    "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "gtsrb", "flowers102", "stl10",
+)  # fmt: skip
+DATASETS = ("digits", "imagefolder", *TORCHVISION_DATASETS)
+# The sizes of the data sets whose size is fixed, before validation is carved out; an
+# imagefolder's are known once it is scanned (study/preflight.py checks them then).
+TRAIN_SIZES = {
+    "digits": 1347, "cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000,
+    "fashion_mnist": 60_000, "svhn": 73_257, "gtsrb": 26_640, "flowers102": 2_040, "stl10": 5_000,
+}  # fmt: skip
+TEST_SIZES = {
+    "digits": 450, "cifar10": 10_000, "cifar100": 10_000, "mnist": 10_000,
+    "fashion_mnist": 10_000, "svhn": 26_032, "gtsrb": 12_630, "flowers102": 6_149, "stl10": 8_000,
+}  # fmt: skip
+DEFAULT_VAL_SIZES = {
+    "digits": 300, "cifar10": 5_000, "cifar100": 5_000, "mnist": 5_000, "fashion_mnist": 5_000,
+    "svhn": 5_000, "gtsrb": 2_000, "flowers102": 204, "stl10": 500,
+}  # fmt: skip
+DEFAULT_VAL_FRACTION = 0.1  # an imagefolder's default validation share (at least one per class)
+# Data sets whose images differ in size: they need `image_size`.
+VARIABLE_SIZE = ("gtsrb", "flowers102")
+# Photographs whose mirror image is the same class: augment "auto" flips (and translates) these
+# alone; a flipped digit, letter or traffic sign may be another class, and an imagefolder's
+# content is unknown (set augment yourself).
+FLIP_INVARIANT = ("cifar10", "cifar100", "stl10", "flowers102")
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp",
+)  # fmt: skip
+ARCHIVES = (".tar.gz", ".tgz", ".zip")
+LUMA = (0.299, 0.587, 0.114)  # RGB to grey (ITU-R 601-2, as PIL's convert("L"))
 VAL_SEED = 0  # the validation split is the same for every trial and every study
+TEST_SEED = 0  # the test split a test_fraction (or digits' fixed 25%) holds out
+# torchvision's folder under its root for the data sets decoded from image files here
+_TORCHVISION_FOLDERS = {"gtsrb": "gtsrb", "flowers102": "flowers-102"}
 
 
 class DataError(ValueError):
@@ -40,6 +77,7 @@ class Splits:
     selects on the same images and never trains on them. The test split is held in `_test`;
     a search trial loads its splits with `with_test=False`, and then the test tensors are not
     in memory at all and reading `test_x` raises: the search cannot select on the test set.
+    `test_size` counts the test images either way (what the pre-flight checks need).
     """
 
     name: str
@@ -50,6 +88,7 @@ class Splits:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    test_size: int = 0
     _test: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def _test_split(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,27 +125,104 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LIMEROBUST_CACHE", Path.home() / ".cache" / "limerobust"))
 
 
-def _splits(name, train_x, train_y, test_x, test_y, classes, val_size: int, with_test: bool):
+def first_line(e: BaseException) -> str:
+    """An error's message on one line (its first), or its type's name when it has none."""
+    return (str(e) or type(e).__name__).splitlines()[0]
+
+
+@contextmanager
+def _about(where):
+    """Prefix a DataError raised inside with `where` (the folder or file it is about; nothing
+    when None), so messages about files inside name them relative to it."""
+    try:
+        yield
+    except DataError as e:
+        if where is None:
+            raise
+        raise DataError(f"{where}: {e}") from e
+
+
+# --- pixels: size and channels ---------------------------------------------------------------
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) images in [0, 1] to size x size: bilinear, antialiased (a downscale averages
+    its pixels, as PIL's resize does), clamped to [0, 1]."""
+    out = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.clamp_(0, 1)
+
+
+def _grey(x: np.ndarray) -> bool:
+    """Whether the images (uint8 NHWC or float NCHW) have one channel, or three equal ones."""
+    axis = 3 if x.dtype == np.uint8 else 1
+    if x.shape[axis] == 1:
+        return True
+    r, g, b = (np.take(x, i, axis=axis) for i in range(3))
+    return np.array_equal(r, g) and np.array_equal(g, b)
+
+
+def _with_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, H, W) with `channels` channels: grey repeated into RGB; RGB to grey by luma (a
+    grey image stored as RGB keeps its exact values)."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    if torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]):
+        return x[:, :1].contiguous()
+    return (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def _splits(
+    name: str,
+    train_x: np.ndarray,
+    train_y,
+    test_x: np.ndarray,
+    test_y,
+    classes: Sequence[str],
+    *,
+    val_size: int | None,
+    with_test: bool,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> Splits:
     """Build Splits from uint8 NHWC (or float NCHW) arrays: carve `val_size` validation images
-    from the training set (stratified, fixed seed), then compute the statistics on what is left.
-    """
+    from the training set (stratified, fixed seed), resize to image_size and convert to
+    `channels` (None: 1 when every training image is grey, else 3), then compute the statistics
+    on what is left for training."""
     from sklearn.model_selection import train_test_split  # scikit-learn: not in every process
 
     train_y = np.asarray(train_y, dtype=np.int64)
+    if val_size is None:
+        val_size = DEFAULT_VAL_SIZES.get(name) or max(
+            len(classes), round(DEFAULT_VAL_FRACTION * len(train_x))
+        )
     if not 0 < val_size < len(train_x) - len(classes):
         raise DataError(
             f"val_size {val_size} must be at least 1 and leave training images "
             f"({name} has {len(train_x)})"
         )
-    tr, va = train_test_split(
-        np.arange(len(train_x)), test_size=val_size, stratify=train_y, random_state=VAL_SEED
-    )
+    if test_x.shape[1:] != train_x.shape[1:]:
+        raise DataError(
+            f"{name}: the test images' shape {test_x.shape[1:]} differs from the training "
+            f"images' {train_x.shape[1:]}; set image_size to resize both on load"
+        )
+    try:
+        tr, va = train_test_split(
+            np.arange(len(train_x)), test_size=val_size, stratify=train_y, random_state=VAL_SEED
+        )
+    except ValueError as e:  # a class too small to be split in proportion
+        raise DataError(f"{name}: cannot carve {val_size} validation images ({e})") from e
     tr, va = np.sort(tr), np.sort(va)
+    channels = channels or (1 if _grey(train_x) else 3)
 
     def tensor(x):
         if x.dtype == np.uint8:
             x = x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        return torch.from_numpy(np.ascontiguousarray(x))
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if image_size is not None and t.shape[-2:] != (image_size, image_size):
+            t = resize(t, image_size)
+        return _with_channels(t, channels)
 
     train_x_t = tensor(train_x[tr])
     mean = tuple(float(m) for m in train_x_t.double().mean(dim=(0, 2, 3)))
@@ -123,35 +239,37 @@ def _splits(name, train_x, train_y, test_x, test_y, classes, val_size: int, with
         classes=tuple(classes),
         mean=mean,
         std=std,
+        test_size=len(test_x),
         _test=test,
     )
 
 
-def load_digits_splits(val_size: int = 300, with_test: bool = True) -> Splits:
-    """scikit-learn's 1,797 real 8x8 digits in [0, 1]: a fixed stratified 75/25 train/test split,
-    then `val_size` validation images carved from the training part."""
-    from sklearn.datasets import load_digits  # scikit-learn: not in every process
+def _hold_out(x: np.ndarray, y: np.ndarray, fraction: float, what: str) -> tuple[np.ndarray, ...]:
+    """(train_x, train_y, test_x, test_y): a fixed stratified `fraction` of (x, y) as the test
+    split, each part in the split's shuffled order (digits' split has always been so)."""
     from sklearn.model_selection import train_test_split
+
+    try:
+        tr, te = train_test_split(
+            np.arange(len(x)), test_size=fraction, stratify=y, random_state=TEST_SEED
+        )
+    except ValueError as e:
+        raise DataError(f"{what}: cannot hold out a test_fraction of {fraction} ({e})") from e
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _digits_arrays() -> tuple:
+    """scikit-learn's 1,797 real 8x8 digits in [0, 1]: a fixed stratified 75/25 train/test
+    split."""
+    from sklearn.datasets import load_digits  # scikit-learn: not in every process
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, digits.target, test_size=0.25, stratify=digits.target, random_state=0
-    )
-    classes = [str(d) for d in range(10)]
-    return _splits("digits", x_tr, y_tr, x_te, y_te, classes, val_size, with_test)
+    y = np.asarray(digits.target, dtype=np.int64)
+    return (*_hold_out(x, y, 0.25, "digits"), [str(d) for d in range(10)])
 
 
-# --- CIFAR: torchvision's pickled batches, or an ImageFolder layout of image files ------------
-
-
-def _torchvision_cifar(name: str, root: Path, download: bool):
-    from torchvision import datasets  # torchvision pulls in torch._dynamo (~2 s): when used
-
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    train = cls(str(root), train=True, download=download)
-    test = cls(str(root), train=False, download=download)
-    return train.data, train.targets, test.data, test.targets, train.classes
+# --- decoding image files, once, into the cache ----------------------------------------------
 
 
 def _array_digest(*arrays: np.ndarray) -> str:
@@ -161,16 +279,44 @@ def _array_digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _decode_image_folder(split_dir: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _read_image(path: Path, name: str):
+    """The image file as an RGB PIL image, or a DataError naming it."""
     from PIL import Image
 
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in sorted((split_dir / cls).iterdir()):
-            with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-            labels.append(label)
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")  # convert() decodes the whole file
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{name} is not a readable image ({first_line(e)})") from e
+
+
+def _decode(images: Iterable[tuple[str, object]], image_size: int | None) -> np.ndarray:
+    """uint8 (N, H, W, 3) from (name, PIL image) pairs, each resized to image_size x image_size
+    when given; without image_size the images must share one square size."""
+    arrays, names = [], []
+    for name, image in images:
+        rgb = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
+        if image_size is not None:
+            t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+            t = resize(t, image_size)[0].permute(1, 2, 0)
+            rgb = (t * 255.0).round().to(torch.uint8).numpy()
+        arrays.append(rgb)
+        names.append(name)
+    if not arrays:
+        raise DataError("no images to decode")
+    first = arrays[0].shape
+    for name, a in zip(names, arrays, strict=True):
+        if a.shape != first:
+            raise DataError(
+                f"images differ in size ({names[0]} is {first[1]}x{first[0]}, {name} is "
+                f"{a.shape[1]}x{a.shape[0]}); set image_size to resize them on load"
+            )
+    if first[0] != first[1]:
+        raise DataError(
+            f"the images are {first[1]}x{first[0]}, not square; set image_size to resize them "
+            "on load"
+        )
+    return np.stack(arrays)
 
 
 DECODE_VERSION = 1  # bump when decoding changes: it keys the decoded cache
@@ -188,23 +334,30 @@ def _tmp_sibling(path: Path) -> Path:
 _RACY_NS = 2_000_000_000
 
 
-def _tree_fingerprint(split_dir: Path) -> str:
-    """SHA-256 of every file's path (relative to split_dir) and bytes: what the decoded arrays
-    are made of, wherever the tree lies and whatever its files' dates.
+def _relative(path: Path, root: Path) -> str:
+    """path relative to root, with '..' where it lies outside (a CSV's absolute paths)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _fingerprint(root: Path, files: Sequence[Path]) -> str:
+    """SHA-256 of every file's path (relative to root) and bytes: what the decoded arrays are
+    made of, wherever the files lie and whatever their dates.
 
     Hashing 60,000 files' bytes costs a second or two, so each process would pay it on every
-    load; the digest is therefore remembered under the tree's stat signature (every file's
+    load; the digest is therefore remembered under the files' stat signature (every file's
     path, size, mtime, ctime, inode and device). Any write to a file sets its ctime to now, and
     no tool sets a ctime back, so changed content always misses the memo and is hashed again.
     """
-    files = sorted(p for p in split_dir.rglob("*") if p.is_file())
-    rel = [p.relative_to(split_dir).as_posix() for p in files]
+    rel = [_relative(p, root) for p in files]
     stats = [p.stat() for p in files]
     signature = "\n".join(
         f"{r}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
         for r, st in zip(rel, stats, strict=True)
     )
-    sig = hashlib.sha256(f"{split_dir.resolve()}\n{signature}".encode()).hexdigest()
+    sig = hashlib.sha256(f"{root.resolve()}\n{signature}".encode()).hexdigest()
     memo = cache_dir() / "decoded" / "fingerprints" / f"{sig[:32]}.txt"
     if memo.is_file():
         digest = memo.read_text().strip()
@@ -224,17 +377,23 @@ def _tree_fingerprint(split_dir: Path) -> str:
     return digest
 
 
-def _image_folder_split(root: Path, split: str, classes: list[str]) -> tuple[np.ndarray, ...]:
-    """Decode root/split/<class>/* once; later calls read a checksummed .npz cache.
+def _tree_fingerprint(split_dir: Path) -> str:
+    """_fingerprint of every file under split_dir."""
+    return _fingerprint(split_dir, sorted(p for p in split_dir.rglob("*") if p.is_file()))
+
+
+def _cached(
+    what: str, content: str, decode: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """decode()'s (x, y) once; later calls read a checksummed .npz cache.
 
     Decoding 60,000 JPEGs takes about 25 s on one core, reading the cache well under a second.
-    The cache is keyed by what decides its content: the files' bytes and paths
-    (`_tree_fingerprint`), the class order and the decoder's version. A file rewritten in place,
-    even with its old size and date, misses it; the same files anywhere else hit it.
+    `content` keys the cache: everything that decides the arrays (the files' fingerprint, the
+    class order, the size they are resized to, the decoder's version). A file rewritten in
+    place, even with its old size and date, misses it; the same files anywhere else hit it.
     """
-    content = f"{DECODE_VERSION}\n{','.join(classes)}\n{_tree_fingerprint(root / split)}"
     key = hashlib.sha256(content.encode()).hexdigest()[:20]
-    cache = cache_dir() / "decoded" / f"{split}-{key}.npz"
+    cache = cache_dir() / "decoded" / f"{what}-{key}.npz"
     if cache.exists():
         try:
             with np.load(cache) as z:
@@ -244,7 +403,7 @@ def _image_folder_split(root: Path, split: str, classes: list[str]) -> tuple[np.
         if _array_digest(x, y) != digest:
             raise DataError(f"decoded cache {cache} fails its checksum; delete it")
         return x, y
-    x, y = _decode_image_folder(root / split, classes)
+    x, y = decode()
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(cache)
     try:
@@ -256,6 +415,47 @@ def _image_folder_split(root: Path, split: str, classes: list[str]) -> tuple[np.
     return x, y
 
 
+def _resized_key(image_size: int | None) -> str:
+    return "" if image_size is None else f"\nresized to {image_size}"
+
+
+# --- the ImageFolder layout, its archives, and a CSV of path,label ----------------------------
+
+
+def _is_image(path: Path) -> bool:
+    visible = path.is_file() and not path.name.startswith(".")
+    return visible and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _class_names(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_folder_split(
+    root: Path, split: str, classes: list[str], image_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """root/split/<class>/* decoded (cached by _cached): label i for classes[i]."""
+    split_dir = root / split
+
+    def decode():
+        files, labels = [], []
+        for label, cls in enumerate(classes):
+            images = sorted(p for p in (split_dir / cls).iterdir() if _is_image(p))
+            if not images:
+                raise DataError(
+                    f"{split}/{cls}/ holds no images (files ending in "
+                    f"{', '.join(IMAGE_EXTENSIONS)})"
+                )
+            files += images
+            labels += [label] * len(images)
+        pairs = ((p.relative_to(root).as_posix(), p) for p in files)
+        x = _decode(((name, _read_image(p, name)) for name, p in pairs), image_size)
+        return x, np.asarray(labels, dtype=np.int64)
+
+    content = f"{DECODE_VERSION}\n{','.join(classes)}\n{_tree_fingerprint(split_dir)}"
+    return _cached(split, content + _resized_key(image_size), decode)
+
+
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -265,67 +465,220 @@ def _file_digest(path: Path) -> str:
 
 
 def _unpack(archive: Path) -> Path:
-    """Unpack a .tar.gz ImageFolder archive into the cache (once, keyed by the archive's
-    SHA-256: about 0.1 s for the 19 MB CIFAR-10 copy) and return its root.
+    """Unpack a .tar.gz or .zip ImageFolder archive into the cache (once, keyed by the
+    archive's SHA-256: about 0.1 s for the 19 MB CIFAR-10 copy) and return its root, the folder
+    holding train/.
 
     It unpacks into a folder of its own and renames it into place when complete, so a killed
     run leaves no half tree under the key and trials unpacking at once never mix their files.
     """
-    stem = archive.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    stem = archive.name
+    for suffix in ARCHIVES:
+        stem = stem.removesuffix(suffix)
     target = cache_dir() / "unpacked" / f"{stem}-{_file_digest(archive)[:16]}"
     if not (target / ".complete").exists():
         tmp = _tmp_sibling(target)
         tmp.mkdir(parents=True)
         try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
+            if archive.name.endswith(".zip"):
+                with zipfile.ZipFile(archive) as z:
+                    z.extractall(tmp)  # zipfile drops absolute and '..' parts of names
+            else:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")
             (tmp / ".complete").touch()
             tmp.rename(target)
-        except (tarfile.TarError, EOFError) as e:
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
             raise DataError(f"cannot unpack {archive}: {e}") from e
         except OSError as e:
             if not (target / ".complete").exists():  # not merely another process first
                 raise DataError(f"cannot unpack {archive} into {target}: {e}") from e
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    # Archives may hold train/ and test/ at the top or inside one folder.
+    # Archives may hold train/ at the top or inside one folder.
     candidates = [target] + [p for p in target.iterdir() if p.is_dir()]
     for c in candidates:
-        if (c / "train").is_dir() and (c / "test").is_dir():
+        if (c / "train").is_dir():
             return c
-    raise DataError(f"{archive} holds no train/ and test/ folders")
+    raise DataError(f"{archive} holds no train/ folder")
 
 
-def load_cifar_splits(
-    name: str,
-    data_dir: str | Path | None,
-    download: bool = False,
-    val_size: int = 5_000,
-    with_test: bool = True,
-) -> Splits:
-    """CIFAR-10/100 from `data_dir`: torchvision batches, an ImageFolder tree, or its .tar.gz.
+def _image_folder_arrays(root: Path, image_size: int | None, test_fraction: float | None):
+    """(train_x, train_y, test_x, test_y, classes) of root/train/<class>/* and root/test/<class>/*
+    (or a test_fraction of train/): the classes are train/'s, and test/ must have the same."""
+    if not (root / "train").is_dir():
+        raise DataError(
+            "no train/ folder: expected train/<class>/* with test/<class>/* (or a "
+            f"test_fraction), a {' or '.join(ARCHIVES)} of that, or a CSV of path,label"
+        )
+    classes = _class_names(root / "train")
+    if not classes:
+        raise DataError("train/ holds no class folders (expected train/<class>/<image>)")
+    x, y = _image_folder_split(root, "train", classes, image_size)
+    if not (root / "test").is_dir():
+        if test_fraction is None:
+            raise DataError("no test/ folder; set test_fraction to hold out part of train/")
+        return (*_hold_out(x, y, test_fraction, "train/"), classes)
+    if test_fraction is not None:
+        raise DataError("has a test/ folder; test_fraction applies only without one")
+    test_classes = _class_names(root / "test")
+    for cls in test_classes:
+        if cls not in classes:
+            raise DataError(f"test/ has class {cls!r}, which train/ lacks")
+    for cls in classes:
+        if cls not in test_classes:
+            raise DataError(f"train/ has class {cls!r}, which test/ lacks")
+    return (x, y, *_image_folder_split(root, "test", classes, image_size), classes)
 
-    With no data_dir, torchvision's copy under the cache (downloaded when `download`).
-    """
+
+def _label_order(labels: Iterable[str]) -> list[str]:
+    """The classes of a CSV's labels: by number when every label is an integer (label 3 is
+    class 3), else sorted as text (as ImageFolder sorts its class folders)."""
+    unique = set(labels)
+    try:
+        return sorted(unique, key=int)
+    except ValueError:
+        return sorted(unique)
+
+
+def _csv_arrays(path: Path, image_size: int | None, test_fraction: float | None):
+    """(train_x, train_y, test_x, test_y, classes) of a CSV of path,label (paths relative to
+    the CSV's folder, or absolute; an optional header row path,label), test_fraction held out."""
+    with open(path, newline="") as f:
+        rows = [(i, row) for i, row in enumerate(csv.reader(f), 1) if row]
+    if rows and [c.strip().lower() for c in rows[0][1]] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise DataError("lists no images (expected rows of path,label)")
+    files, labels = [], []
+    for line, row in rows:
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"line {line}: expected path,label, got {','.join(row)!r}")
+        file = path.parent / row[0].strip()  # an absolute path stays absolute
+        if not file.is_file():
+            raise DataError(f"line {line}: {row[0].strip()} does not exist")
+        files.append(file)
+        labels.append(row[1].strip())
+    if test_fraction is None:
+        raise DataError("a CSV has no test split; set test_fraction to hold out part of it")
+    classes = _label_order(labels)
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.asarray([index[label] for label in labels], dtype=np.int64)
+
+    def decode():
+        names = [_relative(p, path.parent) for p in files]
+        pairs = ((n, _read_image(p, n)) for n, p in zip(names, files, strict=True))
+        return _decode(pairs, image_size), y
+
+    content = f"{DECODE_VERSION}\ncsv\n{_fingerprint(path.parent, [path, *files])}"
+    x, y = _cached("csv", content + _resized_key(image_size), decode)
+    return (*_hold_out(x, y, test_fraction, "the CSV"), classes)
+
+
+def _imagefolder(data_dir, image_size: int | None, test_fraction: float | None) -> tuple:
+    """An image-classification folder, its .tar.gz or .zip, or a CSV of path,label."""
+    if data_dir is None:
+        raise DataError(
+            "imagefolder needs data_dir: a folder, a .tar.gz or .zip of one, or a CSV of path,label"
+        )
+    path = Path(data_dir)
+    if not path.exists():
+        raise DataError(f"imagefolder: data directory {path} does not exist")
+    root = _unpack(path) if path.is_file() and path.name.endswith(ARCHIVES) else path
+    with _about(path):
+        if path.is_file() and path.suffix.lower() == ".csv":
+            return _csv_arrays(path, image_size, test_fraction)
+        return _image_folder_arrays(root, image_size, test_fraction)
+
+
+# --- torchvision's data sets, from a local root ----------------------------------------------
+
+
+def _torchvision_files(name: str, datasets, root: Path, download: bool, image_size):
+    """gtsrb and flowers102: image files of many sizes, decoded (and resized) once into the
+    cache, keyed by the fingerprint of torchvision's folder for the data set."""
+    splits = {"gtsrb": (("train",), ("test",)), "flowers102": (("train", "val"), ("test",))}
+    cls = datasets.GTSRB if name == "gtsrb" else datasets.Flowers102
+    out = []
+    for parts in splits[name]:
+        sets = [cls(str(root), split=s, download=download) for s in parts]
+        split = "+".join(parts)
+        content = f"{DECODE_VERSION}\n{name} {split}\n" + _tree_fingerprint(
+            root / _TORCHVISION_FOLDERS[name]
+        )
+
+        def decode(sets=sets, split=split):
+            labels = []
+
+            def images():
+                for ds in sets:
+                    for i in range(len(ds)):
+                        try:
+                            image, label = ds[i]
+                        except (OSError, SyntaxError, ValueError) as e:
+                            raise DataError(
+                                f"{name} {split} image {i}: unreadable ({first_line(e)})"
+                            ) from e
+                        labels.append(label)
+                        yield f"{name} {split} image {i}", image
+
+            x = _decode(images(), image_size)
+            return x, np.asarray(labels, dtype=np.int64)
+
+        out += _cached(f"{name}-{split}", content + _resized_key(image_size), decode)
+    classes = getattr(sets[0], "classes", None) or [str(c) for c in range(int(out[1].max()) + 1)]
+    return (*out, classes)
+
+
+def _torchvision(name: str, data_dir, download: bool, image_size: int | None) -> tuple:
+    """(train_x, train_y, test_x, test_y, classes) of torchvision's `name` under data_dir
+    (default: the cache's torchvision folder), downloaded there when `download` and missing.
+    CIFAR also reads an ImageFolder tree or archive (the shared CIFAR-10 JPEG copy)."""
+    from torchvision import datasets  # torchvision pulls in torch._dynamo (~2 s): when used
+
     root = Path(data_dir) if data_dir is not None else cache_dir() / "torchvision"
     if data_dir is not None and not root.exists():
-        raise DataError(f"data directory {root} does not exist")
-    if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
-        root = _unpack(root)
-    elif (root / "cifar10-jpeg.tar.gz").is_file() and name == "cifar10":
-        root = _unpack(root / "cifar10-jpeg.tar.gz")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-        expected = 10 if name == "cifar10" else 100
-        if len(classes) != expected:
-            raise DataError(f"{root}/train has {len(classes)} class folders, {name} has {expected}")
-        x_tr, y_tr = _image_folder_split(root, "train", classes)
-        x_te, y_te = _image_folder_split(root, "test", classes)
-        return _splits(name, x_tr, y_tr, x_te, y_te, classes, val_size, with_test)
+        raise DataError(f"{name}: data directory {root} does not exist")
+    if name.startswith("cifar"):
+        if root.is_file() and root.name.endswith(ARCHIVES):
+            root = _unpack(root)
+        elif (root / "cifar10-jpeg.tar.gz").is_file() and name == "cifar10":
+            root = _unpack(root / "cifar10-jpeg.tar.gz")
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            classes = _class_names(root / "train")
+            expected = 10 if name == "cifar10" else 100
+            if len(classes) != expected:
+                raise DataError(
+                    f"{root}/train has {len(classes)} class folders, {name} has {expected}"
+                )
+            with _about(root):
+                return _image_folder_arrays(root, image_size, None)
     try:
-        return _splits(name, *_torchvision_cifar(name, root, download), val_size, with_test)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise DataError(f"no {name} data in {root}: {e}") from e
+        if name in _TORCHVISION_FOLDERS:
+            return _torchvision_files(name, datasets, root, download, image_size)
+        if name.startswith("cifar"):
+            cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+            train, test = (cls(str(root), train=t, download=download) for t in (True, False))
+            return train.data, train.targets, test.data, test.targets, train.classes
+        if name in ("mnist", "fashion_mnist"):
+            cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+            train, test = (cls(str(root), train=t, download=download) for t in (True, False))
+            return (
+                train.data.numpy()[..., None], train.targets.numpy(),
+                test.data.numpy()[..., None], test.targets.numpy(), train.classes,
+            )  # fmt: skip
+        cls = datasets.SVHN if name == "svhn" else datasets.STL10
+        train, test = (cls(str(root), split=s, download=download) for s in ("train", "test"))
+        classes = getattr(train, "classes", None) or [str(d) for d in range(10)]
+        return (
+            train.data.transpose(0, 2, 3, 1), train.labels,
+            test.data.transpose(0, 2, 3, 1), test.labels, classes,
+        )  # fmt: skip
+    except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found"; a failed download
+        raise DataError(
+            f"no {name} data in {root} ({first_line(e)}); put torchvision's {name} files "
+            "there, or leave data_dir unset to download them into the cache (online)"
+        ) from e
 
 
 def load_splits(
@@ -335,18 +688,33 @@ def load_splits(
     *,
     val_size: int | None = None,
     with_test: bool = True,
+    image_size: int | None = None,
+    channels: int | None = None,
+    test_fraction: float | None = None,
 ) -> Splits:
     """Load a dataset by name; the single entry point the rest of the project uses.
 
     val_size: validation images carved from the training set (None: the dataset's default);
-    with_test=False seals the test split (search trials load their data this way).
+    with_test=False seals the test split (search trials load their data this way);
+    image_size resizes every image to image_size x image_size; channels (1 or 3) converts
+    grey and RGB (None: as the data is); test_fraction: the share of an imagefolder's
+    training images held out as its test split, when it has no test/ folder.
     """
-    val_size = DEFAULT_VAL_SIZES.get(name, 0) if val_size is None else val_size
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if test_fraction is not None and name != "imagefolder":
+        raise DataError(f"test_fraction applies to imagefolder only; {name} has a test split")
     if name == "digits":
-        return load_digits_splits(val_size, with_test)
-    if name in ("cifar10", "cifar100"):
-        return load_cifar_splits(name, data_dir, download, val_size, with_test)
-    raise DataError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+        arrays = _digits_arrays()
+    elif name == "imagefolder":
+        arrays = _imagefolder(data_dir, image_size, test_fraction)
+    else:
+        arrays = _torchvision(name, data_dir, download, image_size)
+    with _about(data_dir if name == "imagefolder" else None):
+        return _splits(
+            name, *arrays, val_size=val_size, with_test=with_test, image_size=image_size,
+            channels=channels,
+        )  # fmt: skip
 
 
 def subset_index(total: int, n: int | None, seed: int) -> torch.Tensor:

@@ -26,6 +26,10 @@ BACKENDS = ("lime", "torch")
 KERNEL_WIDTH = 0.25
 RIDGE_ALPHA = 1.0
 ROWS_PER_CHUNK = 2**16  # perturbed samples held at once: bounds memory for any pool size
+# Image values (C x H x W each) held at once by a chunk's images and by one forward batch, 64 MB
+# in float32: large images get smaller chunks and batches (111 images at 224x224 RGB; a 32x32
+# RGB chunk or batch stays within it 21 times over, so small images are not affected).
+MAX_VALUES = 2**24
 MAX_CHUNK_RETRIES = 3
 
 
@@ -257,7 +261,9 @@ def explain_images(
     if backend == "lime":
         return _lime_backend(model, images, labels, segments, num_samples, seed, first_index)
     device = _device(model)
-    per_chunk = max(1, ROWS_PER_CHUNK // num_samples)
+    values = images[0].numel()
+    per_chunk = max(1, min(ROWS_PER_CHUNK // num_samples, MAX_VALUES // values))
+    batch_size = max(1, min(batch_size, MAX_VALUES // values))
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), per_chunk):

@@ -1,13 +1,22 @@
 """Image classifiers with normalization inside the model.
 
 Every model takes images in [0, 1] and normalizes them itself, so attacks and explanations see the
-whole pipeline (an attack that perturbs normalized inputs measures the wrong epsilon).
+whole pipeline (an attack that perturbs normalized inputs measures the wrong epsilon). The
+network behind the normalization is a built-in architecture, a torchvision model or a user's
+own factory (docs/data-and-models.md).
 """
 
-from collections.abc import Sequence
+import functools
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from trainables.data import first_line
 
 
 class Normalize(nn.Module):
@@ -98,6 +107,98 @@ def resnet18(in_channels: int, num_classes: int) -> nn.Module:
 
 
 ARCHITECTURES = {"small_cnn": small_cnn, "fast_cnn": fast_cnn, "resnet18": resnet18}
+TORCHVISION_PREFIX = "torchvision:"
+# `model`: a name of ARCHITECTURES, "torchvision:NAME" or "package.module:factory"
+_MODEL_NAME = re.compile(r"torchvision:\w+|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+MODEL_HELP = (
+    f"must be one of {tuple(ARCHITECTURES)}, 'torchvision:NAME' (a torchvision classification "
+    "model) or 'package.module:factory'"
+)
+# Keyword arguments some torchvision models need beyond num_classes: the input size of those
+# that fix it, and no auxiliary heads (their training forward would return a tuple).
+_TORCHVISION_KWARGS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "googlenet": lambda size: {"aux_logits": False, "init_weights": True},
+    "inception_v3": lambda size: {"aux_logits": False, "init_weights": True},
+    "maxvit_t": lambda size: {"input_size": (size, size)},
+    **{f"vit_{v}": (lambda size: {"image_size": size}) for v in ("b_16", "b_32", "l_16", "l_32")},
+    "vit_h_14": lambda size: {"image_size": size},
+}
+
+
+class ModelError(ValueError):
+    """A model that cannot be found, imported or built, or gives the wrong output."""
+
+
+def is_model_name(name: str) -> bool:
+    """Whether `name` has the form of a model (whether it exists is model_factory's to say)."""
+    return name in ARCHITECTURES or _MODEL_NAME.fullmatch(name) is not None
+
+
+def _torchvision_model(
+    arch: str, *, in_channels: int, num_classes: int, image_size: int
+) -> nn.Module:
+    """torchvision's `arch`, untrained, with num_classes outputs and its first convolution
+    rebuilt for in_channels when that is not 3."""
+    from torchvision import models  # torchvision pulls in torch._dynamo (~2 s): when used
+
+    extra = _TORCHVISION_KWARGS.get(arch, lambda size: {})(image_size)
+    model = models.get_model(arch, weights=None, num_classes=num_classes, **extra)
+    if in_channels != 3:
+        name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, attr, nn.Conv2d(
+            in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+            padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+            bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        ))  # fmt: skip
+    return model
+
+
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The callable behind a model name, called as factory(in_channels=, num_classes=,
+    image_size=): a built-in architecture, a torchvision model, or a user's factory imported
+    from its module (which must be importable wherever trials run). Raises ModelError."""
+    if name in ARCHITECTURES:
+        arch = ARCHITECTURES[name]
+        return lambda *, in_channels, num_classes, image_size, **extra: arch(
+            in_channels, num_classes, **extra
+        )
+    if not is_model_name(name):
+        raise ModelError(f"unknown model {name!r}; it {MODEL_HELP}")
+    module_name, _, attr = name.partition(":")
+    if module_name == "torchvision":
+        from torchvision import models
+
+        available = models.list_models(module=models)
+        if attr not in available:
+            raise ModelError(
+                f"torchvision has no classification model {attr!r} (e.g. "
+                f"{', '.join(available[:3])}, ...)"
+            )
+        return functools.partial(_torchvision_model, attr)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # the user's module: any error while importing it
+        raise ModelError(
+            f"{name}: cannot import {module_name} ({type(e).__name__}: {first_line(e)}); is "
+            "its folder on PYTHONPATH, or the working directory?"
+        ) from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{name}: {module_name} has no callable {attr!r}")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: calling it will tell
+        return factory
+    try:
+        signature.bind(in_channels=1, num_classes=2, image_size=8)
+    except TypeError as e:
+        raise ModelError(
+            f"{name}: the factory must take in_channels, num_classes and image_size as "
+            f"keyword arguments; its signature is {attr}{signature} ({e})"
+        ) from e
+    return factory
 
 
 def build_model(
@@ -110,14 +211,32 @@ def build_model(
     std: Sequence[float],
     width: int | None = None,
 ) -> nn.Module:
-    """Normalize + the named architecture, with lazy layers materialized by one dummy pass.
-    `width` (fast_cnn only) shrinks the net for CPU runs."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(ARCHITECTURES)}")
+    """Normalize + the named model (model_factory), checked on one batch of two blank images
+    (which also materializes lazy layers): it must give (2, num_classes) logits. `width`
+    (fast_cnn only) shrinks the net for CPU runs. Raises ModelError, in one line."""
+    factory = model_factory(name)
     extra = {} if width is None else {"width": width}
-    model = nn.Sequential(
-        Normalize(mean, std), ARCHITECTURES[name](in_channels, num_classes, **extra)
-    )
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, in_channels, image_size, image_size))
+    try:
+        net = factory(
+            in_channels=in_channels, num_classes=num_classes, image_size=image_size, **extra
+        )
+    except Exception as e:  # the user's code: any error while building
+        raise ModelError(f"{name} fails to build ({type(e).__name__}: {first_line(e)})") from e
+    if not isinstance(net, nn.Module):
+        raise ModelError(f"{name} returned a {type(net).__name__}, not a torch.nn.Module")
+    model = nn.Sequential(Normalize(mean, std), net)
+    shape = (2, in_channels, image_size, image_size)
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(shape))
+    except Exception as e:  # the user's code: any error in its forward pass
+        raise ModelError(
+            f"{name} fails on a batch of shape {shape} ({type(e).__name__}: {first_line(e)})"
+        ) from e
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"{name} gives output {got} on a batch of shape {shape}; expected logits of "
+            f"shape (2, {num_classes})"
+        )
     return model

@@ -23,13 +23,13 @@ from torch import nn
 
 from trainables import augment, distributed, objectives
 from trainables.attacks import FGSM, PGD
-from trainables.base import load_base_weights
+from trainables.base import fit_base_weights, load_base_weights
 from trainables.config import IG_METHODS, TrialConfig
 from trainables.data import Splits, load_splits, subset, subset_index
 from trainables.evaluate import summarize_outcomes, worst_case_outcomes
 from trainables.explain import Explanation, explain_images
 from trainables.models import build_model
-from trainables.segmentation import segment_batch
+from trainables.segmentation import segment_batch, superpixel_defaults
 
 # explain(model, images, labels, segments) -> one Explanation per image, in order
 Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], list[Explanation]]
@@ -39,6 +39,7 @@ Reporter = Callable[[dict[str, Any], dict[str, Any] | None], None]
 # The loop checks its losses for NaN or inf every this many steps and at each epoch's end, not
 # every step: a check reads them on the host, which waits for the GPU to finish its queued work.
 FINITE_CHECK_EVERY = 16
+ONE_CYCLE_PEAK = 0.2  # "one_cycle" reaches its peak learning rate after this share of the steps
 
 
 # --- explanations -> masks and weight maps --------------------------------------------------
@@ -60,7 +61,8 @@ def mask_superpixels(
     strategy: str = "least_important",
     fill: str = "mean",
 ) -> torch.Tensor:
-    """Images with the chosen superpixels replaced by their mean colour, zeros or a blur."""
+    """Images with the chosen superpixels replaced by their mean colour, zeros or a blur (its
+    sigma grows with the image: superpixel_defaults)."""
     masked = images.clone()
     blurred = None
     if fill == "blur":
@@ -68,7 +70,9 @@ def mask_superpixels(
         # process that imports this module (measured with python -X importtime).
         import torchvision.transforms.functional as TF
 
-        blurred = TF.gaussian_blur(images, kernel_size=5, sigma=1.5)
+        sigma = superpixel_defaults(*images.shape[-2:]).blur_sigma
+        kernel = 2 * round(1.5 * sigma) + 1  # 5 at sigma 1.5
+        blurred = TF.gaussian_blur(images, kernel_size=kernel, sigma=sigma)
     for i, expl in enumerate(explanations):
         # a copy: segments that came back from a Ray actor are read-only NumPy arrays
         segments = torch.tensor(expl.segments, dtype=torch.long)
@@ -152,13 +156,14 @@ def training_loss(
     bf16 logits (autocast's float32 list). The input-gradient penalty, a double backward through
     gradients whose small terms bf16's 8-bit mantissa would round away, runs outside autocast.
     """
+    smoothing = cfg.label_smoothing
     if cfg.method == "erm":
-        return F.cross_entropy(model(x), y)
+        return F.cross_entropy(model(x), y, label_smoothing=smoothing)
     if cfg.method == "pgd_at":
         attack = PGD(cfg.epsilon, steps=cfg.attack_steps, norm=cfg.attack_norm, seed=step)
         with _autocast(cfg, x.device):
             x_adv = _adversarial(model, attack, x, y)
-            return F.cross_entropy(model(x_adv), y)
+            return F.cross_entropy(model(x_adv), y, label_smoothing=smoothing)
     if cfg.method == "ig_norm":
         return objectives.ig_norm_loss(
             model, x, y, lam=cfg.baseline_weight, steps=cfg.ig_steps, eps=cfg.epsilon,
@@ -176,7 +181,7 @@ def training_loss(
     # lime_refine: adversarial cross-entropy + LIME-weighted input-gradient penalty
     with _autocast(cfg, x.device):
         x_adv = _adversarial(model, _train_attack(cfg, step), x, y)
-        loss = F.cross_entropy(model(x_adv), y)
+        loss = F.cross_entropy(model(x_adv), y, label_smoothing=smoothing)
     if cfg.reg_weight > 0 and reg_scale > 0:  # float32: outside autocast
         weights = weight_map if cfg.reg_weighting == "lime" else None
         loss = loss + reg_scale * cfg.reg_weight * objectives.input_gradient_penalty(
@@ -216,6 +221,18 @@ def backward(
         loss.backward()
         total += loss.detach()
     return total
+
+
+def learning_rate(cfg: TrialConfig, step: int, total_steps: int) -> float:
+    """The step's learning rate: linear decay to zero (airbench-style), after a linear rise over
+    the first fifth of the steps with "one_cycle" (training from scratch, where a high rate at
+    the first step would throw the random initialization's BatchNorm statistics off)."""
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * max(0.0, 1 - step / total_steps)
+    peak = max(1, round(ONE_CYCLE_PEAK * total_steps))
+    if step < peak:
+        return cfg.lr * (step + 1) / peak
+    return cfg.lr * max(0.0, (total_steps - step) / (total_steps - peak))
 
 
 def penalty_warmup(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
@@ -293,11 +310,12 @@ def _evaluate(
     return summarize_outcomes(outcomes, "val", index, y)
 
 
-def load_trial_splits(cfg: TrialConfig) -> Splits:
+def load_trial_splits(cfg: TrialConfig, download: bool = True) -> Splits:
     """The trial's data; the test split stays sealed unless this is a confirmation trial."""
     return load_splits(
-        cfg.dataset, cfg.data_dir, download=True, val_size=cfg.val_size,
-        with_test=cfg.stage == "confirmation",
+        cfg.dataset, cfg.data_dir, download=download, val_size=cfg.val_size,
+        with_test=cfg.stage == "confirmation", image_size=cfg.image_size,
+        channels=cfg.channels, test_fraction=cfg.test_fraction,
     )  # fmt: skip
 
 
@@ -308,10 +326,12 @@ def build_trial_model(cfg: TrialConfig, splits: Splits) -> nn.Module:
 
 def initial_model(cfg: TrialConfig, splits: Splits) -> nn.Module:
     """The model round 1 starts from: the base's weights when the trial has a base (read with
-    its checksum verified and weights_only=True), else a seeded random initialization."""
+    weights_only=True, its checksum verified; either layout of fit_base_weights), else a
+    seeded random initialization."""
     model = build_trial_model(cfg, splits)
     if cfg.base_checkpoint:
-        model.load_state_dict(load_base_weights(cfg.base_checkpoint))
+        weights = load_base_weights(cfg.base_checkpoint)
+        model.load_state_dict(fit_base_weights(model, weights, cfg.base_checkpoint))
     return model
 
 
@@ -435,8 +455,8 @@ def refine(
                 x, y, w = xs[batch], ys[batch], maps[batch]
                 if augmentation == "flip_translate":  # the weight map moves with its image
                     x, w = augment.flip_translate((x, w), aug_gen)
-                for group in opt.param_groups:  # linear decay to zero (airbench-style)
-                    group["lr"] = cfg.lr * max(0.0, 1 - step / total_steps)
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(cfg, step, total_steps)
                 reg_scale = penalty_warmup(cfg, step, steps_per_epoch)
                 opt.zero_grad(set_to_none=True)
                 losses[done] = backward(cfg, model, x, y, w, step, reg_scale)

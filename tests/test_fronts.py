@@ -1,0 +1,66 @@
+"""Fronts compared: hypervolume and robust accuracy at matched clean accuracy, per method's
+confirmed front, with intervals over seeds and images."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.fronts import front_comparison, front_line, hypervolume_2d, robust_at
+from tests.test_outcomes import confirmation_row
+
+
+def test_hypervolume_and_matched_clean_reading_of_a_front():
+    clean, robust = np.array([0.9, 0.8, 0.6, 0.7]), np.array([0.2, 0.4, 0.5, 0.3])
+    # (0.7, 0.3) is dominated by (0.8, 0.4): the area of the staircase of the other three
+    assert hypervolume_2d(clean, robust) == pytest.approx(0.1 * 0.2 + 0.2 * 0.4 + 0.6 * 0.5)
+    line = front_line(clean, robust)
+    assert list(line[0]) == [0.6, 0.8, 0.9]
+    assert robust_at(line, 0.7) == pytest.approx(0.45)
+    assert np.isnan(robust_at(line, 0.95)) and np.isnan(robust_at(line, 0.5))
+    assert np.isnan(robust_at(front_line(clean[:1], robust[:1]), 0.9))  # one point: no range
+
+
+def _front_rows(rng, front: dict[str, tuple[float, float, str]], seeds=3, n_clean=2000, n_rob=500):
+    rows = []
+    for config_id, (p_clean, p_robust, method) in front.items():
+        for j in range(seeds):
+            clean = rng.random(n_clean) < p_clean + rng.normal(0, 0.005)
+            robust = rng.random(n_rob) < p_robust + rng.normal(0, 0.005)
+            rows.append(confirmation_row(config_id, method, j, clean, robust))
+    return rows
+
+
+def test_a_worse_searched_baseline_front_is_named_worse_and_an_equal_one_is_not():
+    rng = np.random.default_rng(0)
+    method = {"c000": (0.85, 0.30, "lime_refine"), "c001": (0.75, 0.45, "lime_refine"),
+              "c002": (0.65, 0.55, "lime_refine")}  # fmt: skip
+    worse = {"pgd_at-c000": (0.85, 0.22, "pgd_at"), "pgd_at-c001": (0.70, 0.40, "pgd_at")}
+    equal = {f"trades-{k}": (c, r, "trades") for k, (c, r, _) in method.items()}
+    erm = {"erm": (0.90, 0.02, "erm")}
+    rows = [_front_rows(rng, group) for group in (method, worse, equal, erm)]
+    table = front_comparison(pd.DataFrame([r for group in rows for r in group]))
+    by = table.set_index(["front", "statistic"])
+    assert list(table["front"].unique()) == ["lime_refine", "erm", "pgd_at, searched",
+                                             "trades, searched"]  # fmt: skip
+    levels = [s for s in table["statistic"].unique() if s.startswith("robust_at_clean_")]
+    assert len(levels) == 3  # inside the common range [0.70, 0.85] of the multi-point fronts
+    assert all(0.70 <= float(s.rsplit("_", 1)[1]) <= 0.85 for s in levels)
+    hv = by.loc[("pgd_at, searched", "hypervolume")]
+    assert hv["diff"] < 0 and hv["diff_ci_high"] < 0, hv
+    mid = by.loc[("pgd_at, searched", levels[1])]
+    assert mid["diff"] < -0.03 and mid["diff_ci_high"] < 0, mid
+    same = by.loc[("trades, searched", "hypervolume")]
+    assert same["diff_ci_low"] < 0 < same["diff_ci_high"], same
+    assert np.isnan(by.loc[("erm", levels[0]), "estimate"])  # one point: no matched reading
+    for _, row in table.dropna(subset=["ci_low"]).iterrows():
+        assert row["ci_low"] < row["estimate"] < row["ci_high"]
+
+
+def test_no_front_comparison_without_the_method_or_outcomes():
+    rng = np.random.default_rng(1)
+    rows = _front_rows(rng, {"erm": (0.9, 0.1, "erm")})
+    assert front_comparison(pd.DataFrame(rows)).empty
+    rows = _front_rows(rng, {"c000": (0.9, 0.1, "lime_refine")})
+    for row in rows:
+        del row["test_outcomes_robust"]
+    assert front_comparison(pd.DataFrame(rows)).empty
