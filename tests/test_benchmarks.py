@@ -67,7 +67,7 @@ def test_ig_memory_benchmark_at_smoke_scale(tmp_path):
     assert whole["time_ratio_to_first"] == 1.0
 
 
-@pytest.mark.slow  # a base, a PGD-AT refinement and the attacks at smoke scale: ~60 s
+@pytest.mark.slow  # a base, a PGD-AT refinement and the attacks at smoke scale: ~3 min
 def test_square_budget_benchmark_at_smoke_scale(cifar10_tarball, tmp_path):
     from benchmarks import square_budget
 
