@@ -33,20 +33,38 @@ TARGET_ACC = 0.85
 PRESET = PRESETS["cifar10-cpu"]
 
 
-def base_config(args: argparse.Namespace, width: int | None, epochs: int | None):
-    """The preset's base, with this command's overrides."""
-    trial = {**PRESET["trial"], "data_dir": args.data_dir, "seed": args.seed}
-    trial["train_subset"] = args.train_subset
+# The base keys this command can override (from the command line; None keeps the preset's).
+BASE_OVERRIDES = ("epochs", "lr", "lr_schedule", "label_smoothing", "batch_size", "translate")
+
+
+def base_config(
+    data_dir: str,
+    seed: int = 0,
+    train_subset: int | None = None,
+    model: str | None = None,
+    width: int | None = None,
+    **base_overrides,
+):
+    """The preset's base trial config, trained on `train_subset` images (None: all), with the
+    given architecture, width and BASE_OVERRIDES; None keeps the preset's."""
+    trial = {**PRESET["trial"], "data_dir": data_dir, "seed": seed, "train_subset": train_subset}
     trial["eval_subset"] = 200  # the round's own validation check, not the figure reported
+    if model is not None:
+        trial["model"] = model
     if width is not None:
         trial["model_width"] = width
     base = {k: v for k, v in PRESET["base"].items() if k != "cpus_per_worker"}
-    base["train_subset"] = args.train_subset
-    for key in ("epochs", "lr", "lr_schedule", "label_smoothing", "batch_size"):
-        given = epochs if key == "epochs" else getattr(args, key)
-        if given is not None:
-            base[key] = given
-    return base_trial_config(make_trial_config(trial), base, args.seed)
+    base["train_subset"] = train_subset
+    base.update({k: v for k, v in base_overrides.items() if v is not None})
+    return base_trial_config(make_trial_config(trial), base, seed)
+
+
+def _config(args: argparse.Namespace, width: int | None, epochs: int | None):
+    """This command's base: base_config with its arguments."""
+    overrides = {k: getattr(args, k) for k in BASE_OVERRIDES if k != "epochs"}
+    return base_config(
+        args.data_dir, args.seed, args.train_subset, args.model, width, epochs=epochs, **overrides
+    )
 
 
 def save_weights(weights: dict[str, torch.Tensor], path: str) -> None:
@@ -65,8 +83,8 @@ def probe(args: argparse.Namespace, splits) -> list[dict]:
 
     rows = []
     for width in args.width or [None]:
-        cfg = base_config(args, width, 1)
-        model = build_trial_model(cfg, splits).train()
+        cfg = _config(args, width, 1)
+        model = build_trial_model(cfg, splits).train().to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
         gen = torch.Generator().manual_seed(0)
         x_all, y_all = splits.train_x, splits.train_y
@@ -82,7 +100,7 @@ def probe(args: argparse.Namespace, splits) -> list[dict]:
             opt.step()
         seconds = time.perf_counter() - t0
         ips = args.probe_steps * cfg.batch_size / seconds
-        rows.append({"width": width, "images_per_s": round(ips, 1),
+        rows.append({"model": cfg.model, "width": width, "images_per_s": round(ips, 1),
                      "epoch_s": round(len(x_all) / ips, 1)})  # fmt: skip
         print(rows[-1], flush=True)
     return rows
@@ -91,12 +109,14 @@ def probe(args: argparse.Namespace, splits) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cifar_base", description=__doc__)
     p.add_argument("--data-dir", required=True, help="CIFAR-10 (see python -m study.sweep -h)")
-    p.add_argument("--width", type=int, nargs="+", help="fast_cnn width (default: the preset's)")
+    p.add_argument("--model", help="the architecture (default: the preset's)")
+    p.add_argument("--width", type=int, nargs="+", help="its width (default: the preset's)")
     p.add_argument("--epochs", type=int, help="default: the preset's")
     p.add_argument("--batch-size", type=int, help="default: the preset's")
     p.add_argument("--lr", type=float, help="default: the preset's")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="default: the preset's")
     p.add_argument("--label-smoothing", type=float, help="default: the preset's")
+    p.add_argument("--translate", type=int, help="augmentation's largest shift (the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-subset", type=int, help="train on N images (default: all; a smoke run)")
     p.add_argument("--threads", type=int, default=2)
@@ -118,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         if args.width is not None and len(args.width) != 1:
             p.error("--width: one width unless --probe-steps")
-        cfg = base_config(args, args.width and args.width[0], args.epochs)
+        cfg = _config(args, args.width and args.width[0], args.epochs)
         t0 = time.perf_counter()
         weights, metrics = train_base_locally(cfg, splits)
         train_s = time.perf_counter() - t0
@@ -129,9 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
             save_weights(weights, args.save)
         n = metrics["train_examples"]
         out = {
-            "width": cfg.model_width, "epochs": cfg.epochs_per_round, "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
-            "label_smoothing": cfg.label_smoothing, "augment": resolve(cfg.augment, cfg.dataset),
+            "model": cfg.model, "width": cfg.model_width, "epochs": cfg.epochs_per_round,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
+            "label_smoothing": cfg.label_smoothing, "translate": cfg.translate,
+            "augment": resolve(cfg.augment, cfg.dataset),
             "threads": args.threads, "seed": args.seed,
             "train_images": n, "data_load_s": round(load_s, 1),
             "train_s": round(train_s, 1),

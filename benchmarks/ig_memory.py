@@ -1,15 +1,16 @@
 """Memory of one IG-NORM training step, whole batch against chunks (`ig_micro_batch`).
 
     python -m benchmarks.ig_memory [--micro-batches 0 128 64] [--steps 2] [--batch-size 256]
-                                   [--width 32] [--json FILE]
+                                   [--width W] [--json FILE]
 
-The cifar10-cpu preset's IG-NORM baseline (fast_cnn width 32, batch 256, 10 IG path steps,
-PGD-2 at 2/255) on random 32x32 images: for each chunk size, a fresh process builds the model,
-runs `--steps` training steps through trainables.refine.backward and reports its peak resident
-memory (ru_maxrss, GiB) and its seconds per step. One process per setting, so each peak is its
-own: the training step's, without the data (CIFAR-10's splits as float32 add about 0.7 GiB),
-the evaluation or Ray's processes. The seconds are for ratios between settings measured in one
-run, on one thread each.
+The cifar10-cpu preset's IG-NORM baseline (its model at `--width`, by default the preset's;
+batch 256, 10 IG path steps, PGD-2 at 2/255) on random 32x32 images: for each chunk size, a
+fresh process builds the model, runs `--steps` training steps through
+trainables.refine.backward and reports its peak resident memory (ru_maxrss, GiB) and its
+seconds per step. One process per setting, so each peak is its own: the training step's,
+without the data (CIFAR-10's splits as float32 add about 0.7 GiB), the evaluation or Ray's
+processes. The seconds are for ratios between settings measured in one run, on one thread
+each.
 Why: two IG-NORM trials at batch 256 were killed by Ray's memory monitor on the 24 GB machine
 (docs/results.md, the CIFAR-10 study); the chunked step must fit two of them beside Ray.
 """
@@ -20,6 +21,7 @@ import subprocess
 import sys
 
 from benchmarks.output import emit_json
+from study.config import PRESETS
 
 ONE_SETTING = """
 import json, resource, sys, time
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batches", type=int, nargs="+", default=[0, 128, 64])
     p.add_argument("--steps", type=int, default=2, help="training steps per setting")
     p.add_argument("--batch-size", type=int, default=256, help="the preset's")
-    p.add_argument("--width", type=int, default=32, help="fast_cnn's width (the preset's)")
+    width = PRESETS["cifar10-cpu"]["trial"]["model_width"]
+    p.add_argument("--width", type=int, default=width, help="the model's width (the preset's)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     rows = [measure(m, args.steps, args.batch_size, args.width) for m in args.micro_batches]

@@ -51,11 +51,7 @@ def base_file(args: argparse.Namespace, splits, folder: str) -> str:
         return args.base
     from benchmarks.cifar_base import base_config, save_weights
 
-    base_args = argparse.Namespace(
-        data_dir=args.data_dir, seed=args.seed, train_subset=None, epochs=None, lr=None,
-        lr_schedule=None, label_smoothing=None, batch_size=None,
-    )  # fmt: skip
-    weights, _ = train_base_locally(base_config(base_args, None, None), splits)
+    weights, _ = train_base_locally(base_config(args.data_dir, args.seed), splits)
     path = os.path.join(folder, "base.pt")
     save_weights(weights, path)
     return path

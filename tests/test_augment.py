@@ -1,5 +1,6 @@
 """CIFAR augmentation: seeded, shape- and label-preserving, the map moving with its image."""
 
+import pytest
 import torch
 
 from trainables.augment import flip_translate, resolve
@@ -54,3 +55,13 @@ def test_the_translation_grows_with_the_image():
     rows, cols = (out[:, 0] == 1).nonzero()[:, 1:].T
     assert (rows - 32).abs().max() == 8  # an eighth of 64
     assert ((cols - 32).abs() <= 9).all()  # a flip moves column 32 to 31
+
+
+@pytest.mark.parametrize("pad", [0, 2])
+def test_translate_caps_the_shift(pad):
+    x = torch.zeros(64, 1, 32, 32)
+    x[:, :, 16, 16] = 1
+    (out,) = flip_translate((x,), torch.Generator().manual_seed(0), pad)
+    rows, cols = (out[:, 0] == 1).nonzero()[:, 1:].T
+    assert (rows - 16).abs().max() == pad
+    assert ((cols - 16).abs() <= pad + 1).all()  # a flip moves column 16 to 15

@@ -43,6 +43,8 @@ def test_ints_are_accepted_where_floats_are_expected():
         ({"trial": {"use_gpu": True}}, "trial.use_gpu"),
         ({"trial": {"lr": True}}, "trial.lr"),
         ({"trial": {"lr": float("nan")}}, "trial.lr"),
+        ({"trial": {"translate": -1}}, "trial.translate"),
+        ({"trial": {"translate": 2.5}}, "trial.translate"),
         ({"bogus": 1}, "bogus"),
         ({"num_samples": 0}, "num_samples"),
         ({"searcher": "grid"}, "searcher"),

@@ -214,7 +214,7 @@ def test_cifar_overrides_make_the_preset_cheap_and_keep_its_base(tmp_path):
         assert cfg.scheduler["type"] == scheduler and cfg.baselines == ()
         assert (cfg.num_samples, cfg.replicates, cfg.confirm_seeds) == (9, 1, 2)
         t = cfg.trial
-        assert (t.dataset, t.model, t.model_width) == ("cifar10", "fast_cnn", 16)
+        assert (t.dataset, t.model, t.model_width) == ("cifar10", "airbench_cnn", 16)
         assert t.data_dir == "/data/cifar10-jpeg.tar.gz"
         assert (t.rounds, t.epochs_per_round, t.train_subset) == (4, 1, 1000)
         assert (t.pool_size, t.lime_samples, t.eval_subset, t.blackbox_queries) == (

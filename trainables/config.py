@@ -15,7 +15,7 @@ from trainables.attacks import NORMS
 from trainables.augment import AUGMENTATIONS
 from trainables.data import DATASETS, TEST_SIZES, TRAIN_SIZES, VARIABLE_SIZE
 from trainables.explain import BACKENDS
-from trainables.models import MODEL_HELP, is_model_name
+from trainables.models import MODEL_HELP, WIDTH_MODELS, is_model_name
 from trainables.segmentation import SEGMENTATIONS
 
 METHODS = ("lime_refine", "erm", "pgd_at", "ig_norm", "ig_sum_norm", "trades")
@@ -49,7 +49,7 @@ class TrialConfig:
     eval_subset: int | None = None  # validation images of the per-round evaluation (None = all)
     # model and method: a built-in architecture, "torchvision:NAME" or "package.module:factory"
     model: str = "small_cnn"
-    model_width: int = 0  # fast_cnn's base width; 0 = the architecture's default
+    model_width: int = 0  # fast_cnn's or airbench_cnn's base width; 0 = the architecture's default
     method: str = "lime_refine"
     # the model file (path or URI, with a .sha256 sidecar) whose weights the model starts from
     # instead of a random initialization; set by the study from its `base:` (trainables/base.py)
@@ -68,6 +68,8 @@ class TrialConfig:
     # flip_translate | none | auto (flip_translate for photographs, trainables/data.py
     # FLIP_INVARIANT; none for digits, letters, signs and an imagefolder)
     augment: str = "auto"
+    # flip_translate's largest shift, in pixels; None: an eighth of the image's side (4 on 32x32)
+    translate: int | None = None
     # mixed precision, opt-in: "bf16" runs lime_refine's and pgd_at's training attack and the
     # cross-entropy on its adversarial example under bfloat16 autocast (trainables/refine.py
     # training_loss); the input-gradient penalty, the other methods and evaluation stay float32
@@ -161,6 +163,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "lr_schedule": (lambda v: v in LR_SCHEDULES, f"must be one of {LR_SCHEDULES}"),
     "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "augment": (lambda v: v in AUGMENTATIONS, f"must be one of {AUGMENTATIONS}"),
+    "translate": (lambda v: v is None or 0 <= v <= 64, "must be null or in [0, 64] pixels"),
     "amp": (lambda v: v in AMP_MODES, f"must be one of {AMP_MODES}"),
     "pool_size": (lambda v: 0 <= v <= 1_000_000, "must be in [0, 1000000]"),
     "lime_samples": (lambda v: 10 <= v <= 100_000, "must be in [10, 100000]"),
@@ -240,7 +243,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "method": ("method",),
     "optimization": (
         "train_subset", "rounds", "epochs_per_round", "batch_size", "lr", "weight_decay",
-        "lr_schedule", "label_smoothing", "augment", "amp",
+        "lr_schedule", "label_smoothing", "augment", "translate", "amp",
     ),
     # LIME, masking and the penalty: read by lime_refine alone
     "lime": (
@@ -357,8 +360,9 @@ def make_trial_config(values: dict[str, Any]) -> TrialConfig:
     cfg = TrialConfig(**checked)
     if cfg.attack_norm == "l2" and cfg.train_attack == "fgsm":
         raise ConfigError("trial.attack_norm: 'l2' needs train_attack 'pgd' (FGSM is L-inf only)")
-    if cfg.model_width and cfg.model != "fast_cnn":
-        raise ConfigError("trial.model_width: only fast_cnn has a width; leave it 0")
+    if cfg.model_width and cfg.model not in WIDTH_MODELS:
+        have = " and ".join(WIDTH_MODELS)
+        raise ConfigError(f"trial.model_width: only {have} have a width; leave it 0")
     if cfg.cifar10c_images:
         from trainables.corruptions import require_frost  # CIFAR-10-C runs every corruption
 

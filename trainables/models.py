@@ -72,6 +72,85 @@ def fast_cnn(in_channels: int, num_classes: int, width: int = 64) -> nn.Module:
     )
 
 
+class PatchWhitening(nn.Module):
+    """airbench's first layer: a fixed 2x2 convolution whose filters are the eigenvectors of the
+    training images' patch covariance, each scaled by 1/sqrt(its eigenvalue + eps).
+
+    Why: the next convolution then sees decorrelated, unit-variance inputs, which speeds early
+    training (Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024). Not trained (a
+    buffer): `fit` sets it from data before training from scratch (fit_whitening), and a base's
+    weights carry it. Unfitted, it passes each patch's pixels through unchanged.
+    """
+
+    def __init__(self, in_channels: int, size: int = 2, eps: float = 5e-4):
+        super().__init__()
+        dim = in_channels * size * size
+        self.eps = eps
+        self.register_buffer("weight", torch.eye(dim).view(dim, in_channels, size, size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, self.weight)
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        dim, _, size, _ = self.weight.shape
+        patches = nn.functional.unfold(x.float(), size).transpose(1, 2).reshape(-1, dim)
+        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        filters = eigenvectors.T / torch.sqrt(eigenvalues + self.eps)[:, None]
+        self.weight.copy_(filters.flip(0).view_as(self.weight))  # the largest variance first
+
+
+def fit_whitening(model: nn.Module, images: torch.Tensor) -> None:
+    """Fit each PatchWhitening of `model` to the inputs that `images` give it (one forward pass
+    in eval mode, so no BatchNorm statistic moves); a model without one is left as it is."""
+    layers = [m for m in model.modules() if isinstance(m, PatchWhitening)]
+    if not layers:
+        return
+    hooks = [m.register_forward_pre_hook(lambda m, args: m.fit(args[0])) for m in layers]
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()(images)
+    for hook in hooks:
+        hook.remove()
+    model.train(was_training)
+
+
+def _pool_block(c_in: int, c_out: int, ceil_mode: bool) -> list[nn.Module]:
+    """airbench's block: conv, then pool, so its second conv runs at a quarter of the pixels."""
+    return [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.MaxPool2d(2, ceil_mode=ceil_mode),
+        nn.BatchNorm2d(c_out),
+        nn.GELU(),
+        *_conv_bn(c_out, c_out),
+    ]
+
+
+def airbench_cnn(
+    in_channels: int, num_classes: int, width: int = 16, image_size: int = 32
+) -> nn.Module:
+    """airbench's layout, narrower: a 2x2 patch-whitening stem (12 channels on RGB, no
+    negated copies and no activation, unlike airbench's 24), three conv-pool-conv blocks of
+    widths (w, 4w, 8w), global max pool.
+
+    Why this shape on a CPU: each block pools after its first conv, and the narrow first block
+    keeps the full-resolution convolutions cheap, so width 16 has about 4x fast_cnn width 16's
+    parameters (274k) at about its speed (docs/benchmarks.md, "The base"). Images under 9
+    pixels a side pool with ceil_mode, so three halvings of the stem's output leave a pixel.
+    """
+    stem = PatchWhitening(in_channels)
+    ceil = (image_size - 1) // 8 < 1
+    return nn.Sequential(
+        stem,
+        *_pool_block(stem.weight.shape[0], width, ceil),
+        *_pool_block(width, 4 * width, ceil),
+        *_pool_block(4 * width, 8 * width, ceil),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8 * width, num_classes, bias=False),
+    )
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
@@ -106,7 +185,13 @@ def resnet18(in_channels: int, num_classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-ARCHITECTURES = {"small_cnn": small_cnn, "fast_cnn": fast_cnn, "resnet18": resnet18}
+ARCHITECTURES = {
+    "small_cnn": small_cnn,
+    "fast_cnn": fast_cnn,
+    "airbench_cnn": airbench_cnn,
+    "resnet18": resnet18,
+}
+WIDTH_MODELS = ("fast_cnn", "airbench_cnn")  # the architectures with a `width`
 TORCHVISION_PREFIX = "torchvision:"
 # `model`: a name of ARCHITECTURES, "torchvision:NAME" or "package.module:factory"
 _MODEL_NAME = re.compile(r"torchvision:\w+|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
@@ -161,8 +246,9 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
     from its module (which must be importable wherever trials run). Raises ModelError."""
     if name in ARCHITECTURES:
         arch = ARCHITECTURES[name]
+        wants_size = "image_size" in inspect.signature(arch).parameters
         return lambda *, in_channels, num_classes, image_size, **extra: arch(
-            in_channels, num_classes, **extra
+            in_channels, num_classes, **extra, **({"image_size": image_size} if wants_size else {})
         )
     if not is_model_name(name):
         raise ModelError(f"unknown model {name!r}; it {MODEL_HELP}")
@@ -213,7 +299,7 @@ def build_model(
 ) -> nn.Module:
     """Normalize + the named model (model_factory), checked on one batch of two blank images
     (which also materializes lazy layers): it must give (2, num_classes) logits. `width`
-    (fast_cnn only) shrinks the net for CPU runs. Raises ModelError, in one line."""
+    (WIDTH_MODELS only) sets the net's widths. Raises ModelError, in one line."""
     factory = model_factory(name)
     extra = {} if width is None else {"width": width}
     try:

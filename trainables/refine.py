@@ -28,7 +28,7 @@ from trainables.config import IG_METHODS, TrialConfig
 from trainables.data import Splits, load_splits, subset, subset_index
 from trainables.evaluate import summarize_outcomes, worst_case_outcomes
 from trainables.explain import Explanation, explain_images
-from trainables.models import build_model
+from trainables.models import build_model, fit_whitening
 from trainables.segmentation import segment_batch, superpixel_defaults
 
 # explain(model, images, labels, segments) -> one Explanation per image, in order
@@ -39,6 +39,7 @@ Reporter = Callable[[dict[str, Any], dict[str, Any] | None], None]
 # The loop checks its losses for NaN or inf every this many steps and at each epoch's end, not
 # every step: a check reads them on the host, which waits for the GPU to finish its queued work.
 FINITE_CHECK_EVERY = 16
+WHITENING_IMAGES = 5000  # what a patch covariance of 12 dimensions needs, and cheap
 ONE_CYCLE_PEAK = 0.2  # "one_cycle" reaches its peak learning rate after this share of the steps
 
 
@@ -327,11 +328,14 @@ def build_trial_model(cfg: TrialConfig, splits: Splits) -> nn.Module:
 def initial_model(cfg: TrialConfig, splits: Splits) -> nn.Module:
     """The model round 1 starts from: the base's weights when the trial has a base (read with
     weights_only=True, its checksum verified; either layout of fit_base_weights), else a
-    seeded random initialization."""
+    seeded random initialization, its patch whitening (if any) fitted to the first
+    WHITENING_IMAGES training images."""
     model = build_trial_model(cfg, splits)
     if cfg.base_checkpoint:
         weights = load_base_weights(cfg.base_checkpoint)
         model.load_state_dict(fit_base_weights(model, weights, cfg.base_checkpoint))
+    else:
+        fit_whitening(model, splits.train_x[:WHITENING_IMAGES])
     return model
 
 
@@ -399,8 +403,10 @@ def refine(
 
     # A resumed trial's own checkpoint replaces these weights below: read the base only when new.
     model = (initial_model if state is None else build_trial_model)(cfg, splits).to(device)
+    # channels_last on every device: oneDNN's CPU convolutions run 1.1x (fast_cnn) to 1.5x
+    # (airbench_cnn) faster with it (docs/benchmarks.md, "The base"), and so do cuDNN's
+    model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
         # Let cuDNN time its kernels for each new input shape and keep the fastest: a trial has
         # few shapes (the batch, an epoch's last, the evaluation's) and meets each many times.
         # Its choice may differ between runs, so GPU runs may differ in the last bits (as cuDNN's
@@ -454,7 +460,7 @@ def refine(
                     continue
                 x, y, w = xs[batch], ys[batch], maps[batch]
                 if augmentation == "flip_translate":  # the weight map moves with its image
-                    x, w = augment.flip_translate((x, w), aug_gen)
+                    x, w = augment.flip_translate((x, w), aug_gen, cfg.translate)
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, step, total_steps)
                 reg_scale = penalty_warmup(cfg, step, steps_per_epoch)
