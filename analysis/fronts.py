@@ -26,13 +26,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.intervals import LEVEL, interval_from_parts
-from analysis.pareto import pareto_mask
+from analysis.pareto import nondominated
 from analysis.results import BASELINES, METHOD, completed, outcome_matrix
 
 CLEAN, ROBUST = "test_clean_acc", "test_robust_acc"
 N_BOOT = 400
 MATCHED_QUANTILES = (0.25, 0.5, 0.75)  # default clean levels: inside the fronts' common range
-_BOTH_MAX = {"x": "max", "y": "max"}
 MATCHED_PREFIX = "robust_at_clean_"  # + the level: a statistic of fronts.csv
 
 
@@ -60,7 +59,7 @@ def hypervolume_2d(clean: np.ndarray, robust: np.ndarray) -> float:
 def front_line(clean: np.ndarray, robust: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The non-dominated points in order of clean accuracy: the line a front is read on."""
     points = np.stack([clean, robust], axis=1)
-    x, y = points[pareto_mask(pd.DataFrame(points, columns=["x", "y"]), _BOTH_MAX)].T
+    x, y = points[nondominated(points, maximise=True)].T
     order = np.argsort(x, kind="stable")
     return x[order], y[order]
 

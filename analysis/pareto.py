@@ -38,8 +38,11 @@ def pareto_mask(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
 
     Duplicates of a front point are all on the front: equal results are equally good trials.
     """
-    maximise = _maximise(objectives)
-    points = _points(df, objectives)
+    return nondominated(_points(df, objectives), _maximise(objectives))
+
+
+def nondominated(points: np.ndarray, maximise: list[bool] | bool) -> np.ndarray:
+    """pareto_mask on an (n, objectives) array: what a bootstrap calls once per draw."""
     finite = ~np.isnan(points).any(axis=1)
     mask = np.zeros(len(points), dtype=bool)
     if finite.any():

@@ -25,21 +25,21 @@ from study.store import LOG_FILE, STUDY_FILE, StudyStore
 from trainables.config import TRIAL_FIELDS
 
 
-def _key_values(items: list[str]) -> dict[str, Any]:
+def _key_values(items: list[str], flag: str = "--eval") -> dict[str, Any]:
     """['final_eval_subset=200', 'eval_grid=1/255,8/255'] -> {key: value}: a text key keeps
     its text (eval_grid=0.1 is the grid '0.1'), any other is read as YAML (200 -> int)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--eval: expected KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{flag}: expected KEY=VALUE, got {item!r}")
         if key in TRIAL_FIELDS and TRIAL_FIELDS[key].type is str:
             out[key] = value
             continue
         try:
             out[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--eval {key}: not a value ({value!r})") from e
+            raise ConfigError(f"{flag} {key}: not a value ({value!r})") from e
     return out
 
 
@@ -59,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         help="set the test evaluation (a key of confirm_eval, e.g. final_eval_subset=200); "
         "kept in study.json, so a resumed confirmation uses it too",
     )
+    p.add_argument(
+        "--primary-eval",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set the primary pair's test evaluation on top of --eval (a key of primary_eval, "
+        "e.g. final_eval_subset=500); kept in study.json too",
+    )
     p.add_argument("--address", metavar="ADDR", help="Ray cluster to join (see study.sweep)")
     p.add_argument(
         "--verbose", action="store_true", help=f"Ray's own output too (default: {LOG_FILE})"
@@ -71,10 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.study_dir}: not a study directory (no {STUDY_FILE})")
         if args.confirm_seeds is not None:
             values["confirm_seeds"] = args.confirm_seeds
-        if args.eval:
-            values["confirm_eval"] = {**values.get("confirm_eval", {}), **_key_values(args.eval)}
+        for flag, key, items in (
+            ("--eval", "confirm_eval", args.eval),
+            ("--primary-eval", "primary_eval", args.primary_eval),
+        ):
+            if items:
+                values[key] = {**values.get(key, {}), **_key_values(items, flag)}
         cfg = build_study_config(values)
-        if args.eval:
+        if args.eval or args.primary_eval:
             write_study_file(cfg)
         if cfg.confirm_seeds == 0:
             print("--confirm-seeds 0: nothing to confirm")

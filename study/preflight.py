@@ -27,7 +27,7 @@ from trainables.base import (
 from trainables.config import check_test_size, make_trial_config
 from trainables.data import DataError, Splits
 from trainables.models import ARCHITECTURES, ModelError, model_factory
-from trainables.refine import build_trial_model, load_trial_splits
+from trainables.refine import build_trial_model, load_trial_splits, uses_lime
 
 
 def with_gpus_per_trial(cfg: StudyConfig, gpus: float | None) -> StudyConfig:
@@ -157,10 +157,11 @@ def check_address(address: str | None) -> None:
         ) from e
 
 
-def trial_resources(cfg: StudyConfig) -> dict[str, float]:
-    """What one trial holds in all: its process or Train workers, and their LIME actors."""
+def trial_total(cfg: StudyConfig) -> dict[str, float]:
+    """What one trial holds in all, summed: its process or Train workers, and their LIME
+    actors (trainables.trial.trial_resources lists an in-process trial's bundles)."""
     t = cfg.trial
-    lime = t.method == "lime_refine" and t.lime_actors > 0
+    lime = uses_lime(t) and t.lime_actors > 0
     processes = max(1, t.num_workers)  # in-process (num_workers 0): the trial's own process
     return {
         "CPU": processes
@@ -171,7 +172,7 @@ def trial_resources(cfg: StudyConfig) -> dict[str, float]:
 
 def default_concurrency(cfg: StudyConfig, cluster: dict[str, float]) -> int:
     """As many trials at once as the cluster's CPUs and GPUs fit (at least one)."""
-    need = trial_resources(cfg)
+    need = trial_total(cfg)
     fits = [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0]
     return max(1, min(fits, default=1))
 
@@ -180,11 +181,11 @@ def resource_shortfall(cfg: StudyConfig, cluster: dict[str, float]) -> str | Non
     """A console warning when the cluster cannot hold even one trial now (e.g. a GPU share on a
     cluster without GPUs): Tune then waits, and its own warnings go to the log file. Not an
     error: an autoscaling cluster adds the nodes when the trials ask for them."""
-    needs = {"a trial": trial_resources(cfg)}
+    needs = {"a trial": trial_total(cfg)}
     # a base to train trains with the base section's resources
     if cfg.base is not None and base_checkpoint(cfg.base) is None:
         base = base_trial_config(cfg.trial, cfg.base, cfg.trial.seed)
-        needs["the base"] = trial_resources(dataclasses.replace(cfg, trial=base))
+        needs["the base"] = trial_total(dataclasses.replace(cfg, trial=base))
     for who, resources in needs.items():
         short = [
             f"{v:g} {k} (the cluster has {cluster.get(k, 0):g})"

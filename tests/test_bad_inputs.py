@@ -229,28 +229,15 @@ def _own_data_study(tmp_path, data_dir, **trial):
         ("empty", "pets: no train/ folder"),
         ("class_without_images", "pets: train/bee/ holds no images"),
         ("corrupt", "pets: train/ant/3.png is not a readable image"),
-        ("different_classes", "pets: test/ has class 'dog', which train/ lacks"),
+        ("extra_test_class", "pets: test/ has class 'dog', which train/ lacks"),
         ("mixed_sizes", "pets: images differ in size"),
     ],
 )
 def test_bad_image_folders(tmp_path, capsys, monkeypatch, damage, fragment):
-    from tests.test_own_data import make_image_folder
+    from tests.test_own_data import damaged_image_folder
 
     monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "pets"
-    if damage == "empty":
-        root.mkdir()
-    else:
-        make_image_folder(root, train=6, test=2)
-    if damage == "class_without_images":
-        for path in (root / "train" / "bee").iterdir():
-            path.unlink()
-    elif damage == "corrupt":
-        (root / "train" / "ant" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 40)
-    elif damage == "different_classes":
-        (root / "test" / "dog").mkdir()
-    elif damage == "mixed_sizes":
-        Image.new("RGB", (32, 32)).save(root / "train" / "cat" / "small.png")
+    root = damaged_image_folder(tmp_path / "pets", damage, train=6, test=2)
     code, err = _main(tmp_path, capsys, "--config", _own_data_study(tmp_path, root))
     _assert_rejected(tmp_path, code, err, f"error: --data-dir: {root.parent}/{fragment}")
 

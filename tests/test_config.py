@@ -220,6 +220,12 @@ def test_confirm_eval_on_the_command_line_is_kept_in_study_json(tmp_path, capsys
     assert "confirm_eval.lr: not a test-evaluation key" in capsys.readouterr().err
     assert confirm.main([str(study_dir), "--eval", "final_eval_subset"]) == 2
     assert "--eval: expected KEY=VALUE" in capsys.readouterr().err
+    assert confirm.main([str(study_dir), "--primary-eval", "final_eval_subset=20"]) == 2
+    kept = json.loads((study_dir / "study.json").read_text())
+    assert kept["primary_eval"] == {"final_eval_subset": 20}
+    assert kept["confirm_eval"] == {"final_eval_subset": 9}
+    assert confirm.main([str(study_dir), "--primary-eval", "lr=1"]) == 2
+    assert "primary_eval.lr" in capsys.readouterr().err
 
 
 def test_a_confirmation_rerun_with_another_plan_keeps_the_old_tables_beside(tmp_path):

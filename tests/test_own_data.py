@@ -134,26 +134,21 @@ def test_grey_and_rgb_are_converted_consistently(tmp_path):
     assert digits.train_x.shape[1:] == (3, 16, 16)
 
 
-@pytest.mark.parametrize(
-    "damage, fragment",
-    [
-        ("empty", "no train/ folder"),
-        ("no_classes", "train/ holds no class folders"),
-        ("class_without_images", "train/bee/ holds no images"),
-        ("corrupt", "train/ant/3.png is not a readable image"),
-        ("extra_test_class", "test/ has class 'dog', which train/ lacks"),
-        ("missing_test_class", "train/ has class 'cat', which test/ lacks"),
-        ("test_size", "the test images' shape"),
-    ],
-)
-def test_bad_layouts_are_named(tmp_path, damage, fragment):
-    root = tmp_path / "pets"
+DAMAGES = (
+    "empty", "no_classes", "class_without_images", "corrupt", "extra_test_class",
+    "missing_test_class", "test_size", "mixed_sizes",
+)  # fmt: skip
+
+
+def damaged_image_folder(root, damage: str, train: int = 12, test: int = 4):
+    """An image folder (make_image_folder's) with one DAMAGES fault; returns its root."""
+    assert damage in DAMAGES, damage
     if damage == "empty":
         root.mkdir()
     elif damage == "no_classes":
         (root / "train").mkdir(parents=True)
     else:
-        make_image_folder(root, test=4 if damage != "test_size" else 0)
+        make_image_folder(root, train=train, test=test if damage != "test_size" else 0)
     if damage == "class_without_images":
         for path in (root / "train" / "bee").iterdir():
             path.unlink()
@@ -168,6 +163,25 @@ def test_bad_layouts_are_named(tmp_path, damage, fragment):
     elif damage == "test_size":
         make_image_folder(root / "small", size=32)
         (root / "small" / "test").rename(root / "test")
+    elif damage == "mixed_sizes":
+        Image.new("RGB", (32, 32)).save(root / "train" / "cat" / "small.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        ("empty", "no train/ folder"),
+        ("no_classes", "train/ holds no class folders"),
+        ("class_without_images", "train/bee/ holds no images"),
+        ("corrupt", "train/ant/3.png is not a readable image"),
+        ("extra_test_class", "test/ has class 'dog', which train/ lacks"),
+        ("missing_test_class", "train/ has class 'cat', which test/ lacks"),
+        ("test_size", "the test images' shape"),
+    ],
+)
+def test_bad_layouts_are_named(tmp_path, damage, fragment):
+    root = damaged_image_folder(tmp_path / "pets", damage)
     with pytest.raises(DataError, match=fragment) as raised:
         load_splits("imagefolder", root)
     assert str(raised.value).startswith(str(root)) and "\n" not in str(raised.value)
