@@ -108,6 +108,11 @@ def check_data(cfg: StudyConfig) -> Splits | None:
             if where == "trial":
                 raise
             raise ConfigError(f"{where}: {e}") from e
+    if t.translate is not None and t.translate >= splits.image_size:
+        raise ConfigError(
+            f"trial.translate: {t.translate} pixels, not less than the images' side "
+            f"({splits.image_size})"
+        )
     return splits
 
 

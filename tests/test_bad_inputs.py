@@ -316,3 +316,13 @@ def test_test_subsets_larger_than_a_scanned_test_split(tmp_path, capsys, monkeyp
     )
     code, err = _main(tmp_path, capsys, "--config", study)
     _assert_rejected(tmp_path, code, err, "confirm_eval: trial.eval_subset: imagefolder's test")
+
+
+def test_a_shift_as_large_as_the_images_is_refused(tmp_path, capsys, monkeypatch):
+    from tests.test_own_data import make_image_folder
+
+    monkeypatch.setenv("LIMEROBUST_CACHE", str(tmp_path / "cache"))
+    root = make_image_folder(tmp_path / "pets", train=6, test=2, size=16)
+    trial = {"final_eval_subset": 6, "eval_subset": 6, "translate": 16}
+    code, err = _main(tmp_path, capsys, "--config", _own_data_study(tmp_path, root, **trial))
+    _assert_rejected(tmp_path, code, err, "trial.translate: 16 pixels, not less than")
