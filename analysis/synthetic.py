@@ -11,7 +11,7 @@ import math
 import os
 import zlib
 
-from study.store import STUDY_FILE
+from study.store import STUDY_FILE, pack_outcomes
 
 SEARCH = {
     "mask_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},
@@ -145,3 +145,15 @@ def _fit(space: dict, tune_config, storage: str, name: str) -> None:
         tune_config=tune_config,
         run_config=tune.RunConfig(storage_path=storage, name=name, verbose=0),
     ).fit()
+
+
+def confirmation_row(config_id: str, method: str, replicate: int, clean, robust) -> dict:
+    """One finished confirmation trial's result with per-image clean and robust outcomes
+    (boolean arrays), as the study reports it: what the fronts' and answer's statistics read."""
+    return {
+        "trial_id": f"{config_id}-{replicate}", "status": "TERMINATED",
+        "experiment": "confirmation", "config/config_id": config_id,
+        "config/replicate": replicate, "config/method": method,
+        "test_clean_acc": clean.mean(), "test_robust_acc": robust.mean(),
+        "test_outcomes_clean": pack_outcomes(clean), "test_outcomes_robust": pack_outcomes(robust),
+    }  # fmt: skip

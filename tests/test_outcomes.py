@@ -10,6 +10,7 @@ import torch
 
 from analysis.replicates import aggregate_configs, answer_metrics, answer_table, metric_label
 from analysis.results import outcome_matrix, outcome_table, read_outcomes
+from analysis.synthetic import confirmation_row
 from study.store import StudyStore, outcomes_key, pack_ints, pack_outcomes, unpack_outcomes
 from trainables.evaluate import summarize_outcomes
 
@@ -47,17 +48,6 @@ def test_a_trial_reports_its_outcomes_and_the_study_writes_them_per_trial(tmp_pa
     table.to_parquet(buffer, index=False)
     StudyStore(tmp_path).write_bytes("trial_x/outcomes.parquet", buffer.getvalue())
     pd.testing.assert_frame_equal(read_outcomes(trial_dir), table)
-
-
-def confirmation_row(config_id: str, method: str, replicate: int, clean, robust) -> dict:
-    """One finished confirmation trial with per-image clean and robust outcomes."""
-    return {
-        "trial_id": f"{config_id}-{replicate}", "status": "TERMINATED",
-        "experiment": "confirmation", "config/config_id": config_id,
-        "config/replicate": replicate, "config/method": method,
-        "test_clean_acc": clean.mean(), "test_robust_acc": robust.mean(),
-        "test_outcomes_clean": pack_outcomes(clean), "test_outcomes_robust": pack_outcomes(robust),
-    }  # fmt: skip
 
 
 def _confirmation(rng, shift: float, seeds: int = 3, images: int = 200) -> pd.DataFrame:
