@@ -72,7 +72,8 @@ def _old_loop(cfg, splits, explain):
     batches indexed on the host, every step's loss read and checked, one generator for the
     batch order and the augmentation. Returns each round's (mean loss, model state, momenta)."""
     train_x, train_y = subset(splits.train_x, splits.train_y, cfg.train_subset, cfg.seed)
-    model = initial_model(cfg, splits)
+    # channels_last, as refine() lays out every model: another layout rounds differently
+    model = initial_model(cfg, splits).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
     )
