@@ -92,6 +92,9 @@ def logs_redirected() -> bool:
     return _console is not None and _console is not sys.stdout
 
 
+FATAL_ERROR = "TrialError:"  # how a trial that cannot finish names its error (trainables/trial.py)
+
+
 def error_reason(trial: Any) -> str:
     """The last non-empty line of a trial's error (its error.txt, written by Tune before it
     calls on_trial_error: Trial.handle_error, ray/tune/experiment/trial.py lines 823-849), e.g.
@@ -269,7 +272,11 @@ class StudyConsole(Callback):
         self._print(self.error_line(trial))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info):
-        self._print(self.error_line(trial, retrying=True))
+        # A TrialError (divergence, out of memory) is retried by Tune like any error, but the
+        # retry ends at once with the same reason (trainables/trial.py FATAL_FILE): its ERROR
+        # line follows, and a RETRY line would promise a second attempt that never runs.
+        if FATAL_ERROR not in error_reason(trial):
+            self._print(self.error_line(trial, retrying=True))
 
     def on_step_end(self, iteration: int, trials: list, **info):
         now = self.clock()

@@ -106,6 +106,24 @@ def test_error_line_reads_the_last_line_of_the_error(tmp_path):
     assert "no error message" in c.error_line(FakeTrial("abc_00006"))
 
 
+def test_a_retry_is_announced_unless_the_trial_cannot_finish():
+    out = io.StringIO()
+    c = StudyConsole("search", 16, OBJ, SEARCHED, out)
+    died = "Failure # 1\nray.exceptions.ActorDiedError: node died\n"
+    nan = "trainables.trial.TrialError: diverged: loss became nan\n"
+    lost = FakeTrial("abc_00001", {"config_id": "c001", "replicate": 0}, error_text=died)
+    diverged = FakeTrial("abc_00002", {"config_id": "c002", "replicate": 0}, error_text=nan)
+    c.on_trial_recover(0, [], lost)
+    c.on_trial_recover(0, [], diverged)  # its retry ends at once: no RETRY line
+    c.on_trial_error(0, [], diverged)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "RETRY [search] c001/r0 (trial abc_00001): ray.exceptions.ActorDiedError: node died",
+        "ERROR [search] c002/r0 (trial abc_00002): trainables.trial.TrialError: diverged: loss "
+        "became nan",
+    ]
+
+
 def test_status_line_and_time_left():
     c = StudyConsole("search", 16, OBJ, SEARCHED, io.StringIO(), concurrency=2)
     trials = [
