@@ -1,4 +1,5 @@
-"""The query budget the gradient-free half of the worst case needs: Square against PGD.
+"""The query budget the gradient-free half of the worst case needs: Square (and, to compare,
+SPSA and a transfer attack) against PGD.
 
     python -m benchmarks.square_budget --data-dir ../shared/data/cifar10-jpeg.tar.gz \
         --base BASE.pt --json OUT.json
@@ -13,7 +14,9 @@ The models: the `cifar10-cpu` preset's ERM base (`--base`, a file written by
 `benchmarks.cifar_base --save`; trained here when absent), and PGD-AT refined from it with the
 preset's budget, ε and attack steps (one search trial's work). On `--images` validation images
 (the test split stays sealed), in eval mode: PGD with the preset's `eval_steps` and Square at
-each `--queries` budget, at each `--eps`. Reported: every accuracy, its gap to PGD in points,
+each `--queries` budget, at each `--eps`; with `--spsa`, SPSA at each setting, alone and with
+each Square budget (an image counts as broken if either breaks it); with `--transfer`, PGD on
+the ERM base transferred to the PGD-AT model (gradient-free to that model). Reported: every accuracy, its gap to PGD in points,
 Square's seconds, and the smallest budget within `--within` points of PGD on both models at
 every ε (the budget a preset should choose); with `--autoattack-images N`, AutoAttack's
 accuracy and seconds per image on the first N images (what the confirmation's AutoAttack
@@ -23,6 +26,7 @@ costs).
 import argparse
 import dataclasses
 import os
+import re
 import tempfile
 import time
 
@@ -30,7 +34,7 @@ import torch
 
 from benchmarks.output import emit_json
 from study.config import PRESETS
-from trainables.attacks import PGD, AutoAttack, Square
+from trainables.attacks import PGD, SPSA, AutoAttack, Square
 from trainables.base import load_base_weights
 from trainables.config import make_trial_config, parse_grid
 from trainables.data import load_splits, subset
@@ -71,27 +75,54 @@ def pgd_at_model(args: argparse.Namespace, splits, base: str):
 
 
 def measure(
-    model, x, y, eps: float, pgd_steps: int, budgets: list[int], seed: int, aa_images: int
-) -> dict:
+    model, x, y, eps: float, pgd_steps: int, budgets: list[int], spsa: list[tuple[int, int]],
+    seed: int, aa_images: int, surrogate=None,
+) -> dict:  # fmt: skip
     t0 = time.perf_counter()
     pgd = robust_outcomes(model, x, y, PGD(eps, steps=pgd_steps, seed=seed))
     row = {"pgd_acc": round(pgd.float().mean().item(), 4),
            "pgd_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+
+    def record(name: str, ok: torch.Tensor, seconds: float | None = None) -> None:
+        row[f"{name}_acc"] = round(ok.float().mean().item(), 4)
+        row[f"{name}_gap"] = round(100 * (row[f"{name}_acc"] - row["pgd_acc"]), 1)  # points
+        if seconds is not None:
+            row[f"{name}_s"] = round(seconds, 1)
+        # images it breaks and PGD does not: what the masking check counts
+        row[f"{name}_only"] = int((pgd & ~ok).sum())
+
+    squares, spsas = {}, {}
     for q in budgets:
         t0 = time.perf_counter()
-        square = robust_outcomes(model, x, y, Square(eps, queries=q, seed=seed))
-        acc = square.float().mean().item()
-        row[f"square{q}_acc"] = round(acc, 4)
-        row[f"square{q}_gap"] = round(100 * (acc - row["pgd_acc"]), 1)  # points above PGD
-        row[f"square{q}_s"] = round(time.perf_counter() - t0, 1)
-        # images Square breaks and PGD does not: what the masking check counts
-        row[f"square{q}_only"] = int((pgd & ~square).sum())
+        squares[q] = robust_outcomes(model, x, y, Square(eps, queries=q, seed=seed))
+        record(f"square{q}", squares[q], time.perf_counter() - t0)
+    for iterations, samples in spsa:
+        attack = SPSA(eps, iterations=iterations, samples=samples, seed=seed)
+        name = f"spsa{iterations}x{samples}"
+        t0 = time.perf_counter()
+        spsas[name] = robust_outcomes(model, x, y, attack)
+        record(name, spsas[name], time.perf_counter() - t0)
+        row[f"{name}_queries"] = attack.queries  # per image, at most
+    if surrogate is not None:  # PGD on the surrogate's honest gradients, transferred
+        t0 = time.perf_counter()
+        on_surrogate = PGD(eps, steps=pgd_steps, seed=seed)
+        transfer = robust_outcomes(model, x, y, lambda m, xb, yb: on_surrogate(surrogate, xb, yb))
+        record("transfer", transfer, time.perf_counter() - t0)
+    for q, square in squares.items():  # the worst case's gradient-free half: both attacks
+        for name, ok in spsas.items():
+            record(f"square{q}+{name}", square & ok)
     if aa_images:  # what the confirmation's AutoAttack costs per image on this model
         t0 = time.perf_counter()
         ok = robust_outcomes(model, x[:aa_images], y[:aa_images], AutoAttack(eps, seed=seed))
         row["autoattack_acc"] = round(ok.float().mean().item(), 4)
         row["autoattack_s_per_image"] = round((time.perf_counter() - t0) / aa_images, 2)
     return row
+
+
+def _spsa_setting(text: str) -> tuple[int, int]:
+    if not (m := re.fullmatch(r"(\d+)x(\d+)", text)):
+        raise argparse.ArgumentTypeError(f"expected ITERATIONSxSAMPLES, e.g. 20x32; got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,6 +132,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=500, help="validation images attacked")
     p.add_argument("--eps", default="2/255,8/255")
     p.add_argument("--queries", type=int, nargs="+", default=[100, 300, 1000, 3000])
+    p.add_argument(
+        "--spsa", type=_spsa_setting, nargs="*", default=[],
+        help="SPSA settings ITERATIONSxSAMPLES (e.g. 20x32) to measure beside Square",
+    )  # fmt: skip
+    p.add_argument(
+        "--transfer", action="store_true",
+        help="also PGD on the ERM base transferred to the PGD-AT model (a black box to it)",
+    )  # fmt: skip
     p.add_argument("--within", type=float, default=5.0, help="points above PGD allowed")
     p.add_argument("--autoattack-images", type=int, default=0, help="time AutoAttack on N images")
     p.add_argument("--train-subset", type=int, help="PGD-AT's training images (a smoke run)")
@@ -125,8 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         for token, eps in parse_grid(args.eps):
             row = {"model": name, "eps": token, "images": len(y)}
             row.update(
-                measure(model, x, y, eps, cfg.eval_steps, args.queries, args.seed,
-                        args.autoattack_images)
+                measure(model, x, y, eps, cfg.eval_steps, args.queries, args.spsa, args.seed,
+                        args.autoattack_images, erm if args.transfer and model is not erm else None)
             )  # fmt: skip
             rows.append(row)
             print(row, flush=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.attacks import FGSM, PGD, AutoAttack
+from trainables.attacks import FGSM, PGD, SPSA, AutoAttack
 
 torch.set_num_threads(1)
 
@@ -18,8 +18,8 @@ def model():
 @pytest.mark.parametrize(
     "attack",
     [FGSM(eps=0.1), FGSM(eps=0.1, random_start=True), PGD(eps=0.1, steps=5, restarts=2),
-     AutoAttack(eps=0.1)],
-    ids=["fgsm", "fgsm-rs", "pgd", "autoattack"],
+     AutoAttack(eps=0.1), SPSA(eps=0.1, iterations=3, samples=4, chunk=16)],
+    ids=["fgsm", "fgsm-rs", "pgd", "autoattack", "spsa"],
 )  # fmt: skip
 def test_attacks_stay_in_the_eps_ball_and_image_range(model, attack):
     x, y = torch.rand(8, 1, 8, 8), torch.arange(8)

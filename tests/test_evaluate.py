@@ -110,6 +110,21 @@ def test_worst_case_robust_accuracy_sees_through_masked_gradients(digits_model, 
     assert sound["v_masking"] == 0.0, sound
 
 
+def test_spsa_is_a_real_seeded_attack(digits_model, digits):
+    """SPSA estimates the gradient from outputs alone: on an honest model it breaks most images
+    at a large eps, fewer at a smaller one, the same ones again with the same seed."""
+    from trainables.attacks import SPSA
+
+    model, s = digits_model, digits
+    x, y = s.val_x[:100], s.val_y[:100]
+    clean = accuracy(model, x, y)
+    small = robust_accuracy(model, x, y, SPSA(0.1, iterations=10, samples=16))
+    large = robust_accuracy(model, x, y, SPSA(0.2, iterations=10, samples=16))
+    assert large < 0.5 < clean - 0.2 and large < small < clean, (clean, small, large)
+    spsa = SPSA(0.1, iterations=3, samples=8, seed=5)
+    assert torch.equal(spsa(model, x, y), spsa(model, x, y))
+
+
 def test_masking_p_value_is_an_exact_one_sided_mcnemar_test():
     from trainables.evaluate import masking_p_value
 

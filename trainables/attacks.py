@@ -201,3 +201,78 @@ class Square:
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             return attack(x, y).detach()
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The true class's logit minus the largest other: negative once the example is fooled."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    return true - logits.scatter(1, y[:, None], float("-inf")).amax(1)
+
+
+@dataclass
+class SPSA:
+    """SPSA (Uesato et al., 2018), L-inf: a gradient-free attack that estimates the gradient.
+
+    Each iteration estimates the gradient of the margin loss from `samples` antithetic pairs of
+    finite differences (step `fd_step`) along random ±1 directions, then takes a signed step
+    of `step_size` projected onto the ε-ball, as PGD does with the true gradient. It reads only
+    the model's outputs. benchmarks.square_budget measures it beside Square, to see whether
+    estimating the gradient closes the gap random search leaves to PGD at small ε: on the
+    CIFAR-10 base at the budgets a CPU affords it does not (docs/benchmarks.md, "The query
+    budget on CIFAR-10"), so the worst case keeps Square alone. An example counts as broken at
+    the first iterate the model misclassifies. Queries per example: at most `iterations` x (2
+    `samples` + 1). `chunk` bounds the images in one forward pass (memory)."""
+
+    eps: float
+    iterations: int = 20
+    samples: int = 32
+    fd_step: float = 0.01
+    step_size: float | None = None  # default eps / 4
+    seed: int = 0
+    chunk: int = 4096
+
+    def __post_init__(self):
+        if self.eps < 0 or self.iterations < 1 or self.samples < 1 or self.fd_step <= 0:
+            raise ValueError("SPSA needs eps >= 0, iterations >= 1, samples >= 1, fd_step > 0")
+
+    @property
+    def queries(self) -> int:
+        return self.iterations * (2 * self.samples + 1)
+
+    def _group(self, model, x, y, generator) -> torch.Tensor:
+        step = self.step_size if self.step_size is not None else self.eps / 4
+        delta = torch.zeros_like(x)
+        found = x.clone()
+        active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        shape = (self.samples, *x.shape[1:])
+        for _ in range(self.iterations):
+            idx = active.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xa, ya = x[idx] + delta[idx], y[idx]
+            u = torch.randint(0, 2, (len(idx), *shape), generator=generator, device=x.device)
+            u = u.to(x.dtype).mul_(2).sub_(1)
+            probes = torch.cat([xa[:, None] + self.fd_step * u, xa[:, None] - self.fd_step * u], 1)
+            losses = margin(
+                model(probes.clamp_(0, 1).flatten(0, 1)), ya.repeat_interleave(2 * self.samples)
+            )
+            plus, minus = losses.view(len(idx), 2, self.samples).unbind(1)
+            grad = ((plus - minus).view(*plus.shape, *([1] * (x.dim() - 1))) * u).mean(1)
+            step_delta = (delta[idx] - step * grad.sign()).clamp(-self.eps, self.eps)
+            delta[idx] = (x[idx] + step_delta).clamp(0, 1) - x[idx]
+            candidate = x[idx] + delta[idx]
+            fooled = model(candidate).argmax(1) != ya
+            found[idx[fooled]] = candidate[fooled]
+            active[idx[fooled]] = False
+        return found
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0:
+            return x.detach()
+        generator = _generator(x, self.seed)
+        per_group = max(1, self.chunk // (2 * self.samples))
+        with torch.no_grad():
+            return torch.cat([
+                self._group(model, xg, yg, generator)
+                for xg, yg in zip(x.split(per_group), y.split(per_group), strict=True)
+            ])  # fmt: skip
