@@ -270,7 +270,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "primary_eval": {"final_eval_subset": 1_000},
     },
     # CIFAR-10 on 2 CPU cores, no GPU: a width-16 airbench_cnn base trained once on both cores
-    # (12 epochs of ERM, one-cycle learning rate, label smoothing, shifts of up to 2 pixels:
+    # (18 epochs of ERM, one-cycle learning rate, label smoothing, shifts of up to 2 pixels:
     # benchmarks.cifar_base), refined by every trial on a 3,000-image subset with a 128-image
     # LIME pool, two trials at a time, a core each (costs: docs/benchmarks.md, "CIFAR-10 on the
     # CPU"). PGD-AT, TRADES and IG-NORM
@@ -284,7 +284,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "baselines": CIFAR_BASELINES,
         "base": {
             "method": "erm",
-            "epochs": 12,
+            "epochs": 18,
             "lr": 0.3,
             "lr_schedule": "one_cycle",
             "label_smoothing": 0.2,
@@ -296,7 +296,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "dataset": "cifar10",
             "model": "airbench_cnn",
             "model_width": 16,
-            "translate": 2,  # airbench's shift for short runs: a 12-epoch base gains from less
+            "translate": 2,  # airbench's shift for short runs: a short base gains from less
             "train_subset": 3_000,
             "rounds": 2,
             "epochs_per_round": 1,
