@@ -79,11 +79,16 @@ def test_square_budget_benchmark_at_smoke_scale(cifar10_tarball, tmp_path):
     out = square_budget.main(
         ["--data-dir", str(cifar10_tarball), *threads, "--base", str(base), "--train-subset",
          "256", "--images", "16", "--queries", "5", "50", "--autoattack-images", "2",
-         "--eps", "8/255"]
+         "--eps", "8/255", "--spsa", "2x4", "--transfer"]
     )  # fmt: skip
     assert [(r["model"], r["eps"]) for r in out["rows"]] == [("erm", "8/255"), ("pgd_at", "8/255")]
     for row in out["rows"]:
         assert 0 <= row["pgd_acc"] <= 1 and 0 <= row["square50_acc"] <= 1
         assert row["square50_gap"] == pytest.approx(100 * (row["square50_acc"] - row["pgd_acc"]))
         assert row["autoattack_s_per_image"] > 0
+        assert row["spsa2x4_queries"] == 2 * (2 * 4 + 1)
+        # an image counts as broken if either attack breaks it
+        assert row["square50+spsa2x4_acc"] <= min(row["square50_acc"], row["spsa2x4_acc"])
+    # the transfer from the ERM base only where the base is not the model attacked
+    assert "transfer_acc" not in out["rows"][0] and 0 <= out["rows"][1]["transfer_acc"] <= 1
     assert out["smallest_budget_within"] in (None, 5, 50)
