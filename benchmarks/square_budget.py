@@ -16,11 +16,11 @@ preset's budget, ε and attack steps (one search trial's work). On `--images` va
 (the test split stays sealed), in eval mode: PGD with the preset's `eval_steps` and Square at
 each `--queries` budget, at each `--eps`; with `--spsa`, SPSA at each setting, alone and with
 each Square budget (an image counts as broken if either breaks it); with `--transfer`, PGD on
-the ERM base transferred to the PGD-AT model (gradient-free to that model). Reported: every accuracy, its gap to PGD in points,
-Square's seconds, and the smallest budget within `--within` points of PGD on both models at
-every ε (the budget a preset should choose); with `--autoattack-images N`, AutoAttack's
-accuracy and seconds per image on the first N images (what the confirmation's AutoAttack
-costs).
+the ERM base transferred to the PGD-AT model (gradient-free to that model). Reported: every
+accuracy, its gap to PGD in points, each attack's seconds, and the smallest Square budget
+within `--within` points of PGD on both models at every ε (the budget a preset should
+choose); with `--autoattack-images N`, AutoAttack's accuracy and seconds per image on the first
+N images (what the confirmation's AutoAttack costs).
 """
 
 import argparse
