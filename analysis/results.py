@@ -123,10 +123,23 @@ def _scan(study_dir: str | os.PathLike) -> tuple[pafs.FileSystem, dict[str, dict
                 "status": t["status"],
                 "config": t["config"] if isinstance(t.get("config"), dict) else {},
             }
-    for path in files:  # trial folders that started after the state file was last written
+    # Trial folders missing from the state file: a live study's newest trials, started after
+    # the file was last written. One older than the file was left by a driver killed before it
+    # saved the trial, which the resumed run then ran again under another id: not a trial.
+    state_of = {}
+    for path in files:
         trial_dir = posixpath.dirname(path)
-        in_experiment = posixpath.dirname(trial_dir) in newest_state
-        if posixpath.basename(path) == "params.json" and in_experiment and trial_dir not in trials:
+        exp_dir = posixpath.dirname(trial_dir)
+        listed = trial_dir in trials or exp_dir not in newest_state
+        if posixpath.basename(path) == "params.json" and not listed:
+            state_of[trial_dir] = newest_state[exp_dir]
+    written = {}
+    if state_of:
+        paths = [posixpath.join(d, "params.json") for d in state_of] + list(newest_state.values())
+        written = {info.path: info.mtime for info in fs.get_file_info(paths)}
+    for trial_dir, state_path in state_of.items():
+        started, saved = written[posixpath.join(trial_dir, "params.json")], written[state_path]
+        if started is None or saved is None or started >= saved:
             has_error = posixpath.join(trial_dir, "error.txt") in files
             status = "ERROR" if has_error else "RUNNING"
             experiment = posixpath.basename(posixpath.dirname(trial_dir))

@@ -656,3 +656,25 @@ def test_report_without_the_protocol_tables(tmp_path):
         (tmp_path / f"{name}.csv").unlink()
     text = report.build_report(tmp_path)
     assert "Protocol" not in text and "No trial has finished yet" in text
+
+
+def test_a_trial_folder_missing_from_the_state_counts_only_if_newer(tmp_path):
+    """A folder absent from the experiment state is a live trial started after the state was
+    written, or, when older than the state, one a killed driver left behind (the resumed run
+    ran it again under another id): that one is not a trial."""
+    from tests.test_console import _result, _trial, write_experiment
+
+    study = tmp_path / "demo"
+    write_experiment(study, [_trial("s_0", "c000", 0, "TERMINATED", [_result("c000", 0.9, 0.3)])])
+    (study / "study.json").write_text(json.dumps({"name": "demo", "objectives": {}}))
+    state = next(study.glob("experiment_state-*.json"))
+    for name, offset in (("trial_orphan", -60), ("trial_live", +60)):
+        (study / name).mkdir()
+        params = study / name / "params.json"
+        params.write_text(json.dumps({"config_id": "c001", "replicate": 0}))
+        when = state.stat().st_mtime + offset
+        os.utime(params, (when, when))
+    trials = load_trials(study)
+    assert sorted(zip(trials["trial_id"], trials["status"], strict=True)) == [
+        ("s_0", "TERMINATED"), ("trial_live", "RUNNING"),
+    ]  # fmt: skip
