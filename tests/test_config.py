@@ -171,6 +171,7 @@ def test_confirm_eval_sets_the_test_evaluation_of_the_confirmation_points(tmp_pa
     for bad, message in [
         ({"lr": 0.1}, "confirm_eval.lr: not a test-evaluation key"),
         ({"final_eval_subset": 0}, "confirm_eval.final_eval_subset: must be in"),
+        ({"test_blackbox_queries": -1}, "confirm_eval.test_blackbox_queries: must be in"),
         ([1], "confirm_eval: expected a mapping"),
     ]:
         with pytest.raises(ConfigError, match=message):

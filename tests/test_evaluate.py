@@ -1,5 +1,7 @@
 """Robustness grid, AutoAttack against PGD and gradient-masking checks on a real small CNN."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -108,6 +110,25 @@ def test_worst_case_robust_accuracy_sees_through_masked_gradients(digits_model, 
         worst_case_outcomes(model, x, y, 0.2, pgd_steps=10, queries=200), "v"
     )
     assert sound["v_masking"] == 0.0, sound
+
+
+def test_the_confirmation_checks_masking_at_its_own_square_budget(digits_model, digits):
+    """`test_blackbox_queries` gives the test's worst case a budget of its own: on the quantized
+    model the masking test stays quiet at a search round's few queries and fires at the test's."""
+    from trainables.config import TrialConfig
+    from trainables.trial_eval import confirmation_metrics
+
+    masked = nn.Sequential(_Quantize(), digits_model).eval()
+    cfg = TrialConfig(
+        dataset="digits", eval_epsilon=0.1, eval_steps=10, blackbox_queries=1, eval_subset=100,
+        final_eval_subset=2, final_restarts=1, test_blackbox_queries=200,
+    )  # fmt: skip
+    search_budget = confirmation_metrics(dataclasses.replace(cfg, test_blackbox_queries=0),
+                                         masked, digits)  # fmt: skip
+    test_budget = confirmation_metrics(cfg, masked, digits)
+    assert search_budget["test_masking"] == 0.0, search_budget["test_masking_p"]
+    assert test_budget["test_masking"] == 1.0, test_budget["test_masking_p"]
+    assert test_budget["test_robust_acc"] < search_budget["test_robust_acc"] - 0.05
 
 
 def test_spsa_is_a_real_seeded_attack(digits_model, digits):

@@ -121,6 +121,10 @@ class TrialConfig:
     final_grid: str = ""
     final_eval_subset: int = 100
     final_restarts: int = 3
+    # Square's queries per image in the test's worst case (0 = blackbox_queries): the masking
+    # check has power only at a budget that brings Square near PGD on honest models, more than
+    # a search round can pay for (docs/benchmarks.md, "The query budget on CIFAR-10")
+    test_blackbox_queries: int = 0
     cifar10c_images: int = 0
     attr_images: int = 0
     attr_steps: int = 20
@@ -152,6 +156,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "eval_subset": (lambda v: v is None or v >= 1, "must be at least 1"),
     "val_size": (lambda v: v is None or v >= 10, "must be at least 10 (null = default)"),
     "blackbox_queries": (lambda v: 1 <= v <= 100_000, "must be in [1, 100000]"),
+    "test_blackbox_queries": (
+        lambda v: 0 <= v <= 100_000,
+        "must be in [0, 100000] (0 = blackbox_queries)",
+    ),
     "config_id": (lambda v: len(v) <= 100, "must be at most 100 characters"),
     "replicate": (lambda v: 0 <= v < 100_000, "must be in [0, 100000)"),
     "stage": (lambda v: v in STAGES, f"must be one of {STAGES}"),
@@ -259,7 +267,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     # may set them
     "test": (
         "eval_subset", "eval_grid", "answer_epsilons", "final_grid", "final_eval_subset",
-        "final_restarts",
+        "final_restarts", "test_blackbox_queries",
         "cifar10c_images", "attr_images", "attr_steps", "attr_restarts",
     ),
     "bookkeeping": ("config_id", "replicate", "stage"),  # set by the study

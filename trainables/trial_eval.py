@@ -210,6 +210,11 @@ def trial_evaluation(
     return out
 
 
+def confirmation_queries(cfg: TrialConfig) -> int:
+    """Square's budget in the test's worst case: `test_blackbox_queries`, else the search's."""
+    return cfg.test_blackbox_queries or cfg.blackbox_queries
+
+
 def _worst_case_at(
     cfg: TrialConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, token: str, eps: float
 ) -> dict[str, Any]:
@@ -217,7 +222,7 @@ def _worst_case_at(
     their per-image outcomes, the masking test `test_masking_p_<eps tag>` and its cost."""
     start = time.perf_counter()
     outcomes = worst_case_outcomes(
-        model, x, y, eps, pgd_steps=cfg.eval_steps, queries=cfg.blackbox_queries, seed=cfg.seed
+        model, x, y, eps, pgd_steps=cfg.eval_steps, queries=confirmation_queries(cfg), seed=cfg.seed
     )
     tag = eps_tag(token)
     summary = summarize_outcomes({k: v for k, v in outcomes.items() if k != "clean"}, "test")
@@ -251,7 +256,7 @@ def confirmation_metrics(cfg: TrialConfig, model: nn.Module, splits: Splits) -> 
     start = time.perf_counter()
     outcomes = worst_case_outcomes(
         model, x, y, cfg.eval_epsilon,
-        pgd_steps=cfg.eval_steps, queries=cfg.blackbox_queries, seed=cfg.seed,
+        pgd_steps=cfg.eval_steps, queries=confirmation_queries(cfg), seed=cfg.seed,
     )  # fmt: skip
     out: dict[str, Any] = summarize_outcomes(outcomes, "test", order, all_y)
     clean = robust_outcomes(model, all_x, all_y, lambda m, xb, yb: xb)  # the whole split
