@@ -162,7 +162,7 @@ def write_confirmation_tables(
     confirmed = aggregate_configs(confirmation, metrics, list(cfg.search))
     front = store.read_table(PARETO_FILE)
     bias = selection_bias(front, confirmed, cfg.objectives)
-    answer = answer_table(confirmation, order=_front_order(front))
+    answer = answer_table(confirmation, order=_front_ids(front))
     ablation = None
     if cfg.ablation is not None:
         ablation = answer_table(
@@ -186,10 +186,11 @@ def write_confirmation_tables(
     return answer, ablation, fronts
 
 
-def _front_order(front: pd.DataFrame | None) -> list[str]:
+def _front_ids(front: pd.DataFrame | None) -> list[str]:
+    """The configuration ids of pareto.csv's table, in its order ([] when there is none)."""
     if front is None or "config_id" not in front:
         return []
-    return list(front["config_id"].astype(str))
+    return front["config_id"].astype(str).tolist()
 
 
 def confirmed_ids(cfg: StudyConfig) -> list[str]:
@@ -213,13 +214,13 @@ def confirmed_ids(cfg: StudyConfig) -> list[str]:
 
 def front_ids_of(store: StudyStore) -> list[str]:
     """The configurations on the study's front (pareto.csv, written after the search)."""
-    front = store.read_table(PARETO_FILE)  # None: no search yet; empty: nothing finished
-    if front is None or front.empty or "config_id" not in front:
+    ids = _front_ids(store.read_table(PARETO_FILE))  # none: no search yet, or none finished
+    if not ids:
         raise ConfigError(
             f"{store.study_dir}: the study has no front yet (no finished searched configuration in "
             "pareto.csv); run or resume the search first: python -m study.sweep --resume"
         )
-    return front["config_id"].astype(str).tolist()
+    return ids
 
 
 def print_answer(answer, ablation=None, fronts=None) -> None:
