@@ -19,7 +19,7 @@ import yaml
 
 from study.config import ConfigError, build_study_config
 from study.console import exit_code_of_reported, print_error
-from study.outputs import confirmed_ids, summarize, write_study_file
+from study.outputs import check_matched_clean, confirmed_ids, summarize, write_study_file
 from study.stages import StageInterrupted, confirm_study
 from study.store import LOG_FILE, STUDY_FILE, StudyStore
 from trainables.config import TRIAL_FIELDS
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summarize(cfg)
         config_ids = confirmed_ids(cfg)
+        check_matched_clean(cfg)
     except ConfigError as e:
         print_error(str(e))
         return 2

@@ -212,6 +212,25 @@ def confirmed_ids(cfg: StudyConfig) -> list[str]:
     return list(ABLATION_VARIANTS)
 
 
+def check_matched_clean(cfg: StudyConfig) -> None:
+    """Before a confirmation: every `matched_clean` level must lie inside some front's clean
+    range on validation (pareto.csv), the only fronts known before the test. A level outside
+    every one would leave fronts.csv without a figure there; the confirmed fronts, read on the
+    test split, sit near their validation ranges. Raises ConfigError with one line."""
+    front = StudyStore(cfg.study_dir).read_table(PARETO_FILE)
+    clean = "val_clean_acc_mean"
+    if not cfg.matched_clean or front is None or clean not in front or front.empty:
+        return
+    ranges = front.groupby("experiment", sort=False)[clean].agg(["min", "max"])
+    for level in cfg.matched_clean:
+        if not ((ranges["min"] <= level) & (level <= ranges["max"])).any():
+            spans = ", ".join(f"{e} [{r['min']:.3f}, {r['max']:.3f}]" for e, r in ranges.iterrows())
+            raise ConfigError(
+                f"matched_clean: {level:.3f} is outside every front's clean range on validation "
+                f"({spans}); choose levels inside one"
+            )
+
+
 def front_ids_of(store: StudyStore) -> list[str]:
     """The configurations on the study's front (pareto.csv, written after the search)."""
     ids = _front_ids(store.read_table(PARETO_FILE))  # none: no search yet, or none finished

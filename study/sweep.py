@@ -14,6 +14,7 @@ from typing import Any
 
 from study.config import PRESETS, ConfigError, StudyConfig, build_study_config, load_config
 from study.console import exit_code_of_reported, print_error
+from study.outputs import check_matched_clean
 from study.preflight import (
     check_address,
     check_cluster_file,
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.resume:
             cfg = _resumed_config(cfg)
+            check_matched_clean(cfg)  # the fronts are known once the search has finished
         check_paths(cfg, args.resume)
         check_model(cfg, check_data(cfg))
         check_address(args.address or os.environ.get("RAY_ADDRESS"))

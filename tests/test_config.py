@@ -1,5 +1,6 @@
 """Configuration validation and the command line's answer to bad input."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -227,6 +228,31 @@ def test_confirm_eval_on_the_command_line_is_kept_in_study_json(tmp_path, capsys
     assert kept["confirm_eval"] == {"final_eval_subset": 9}
     assert confirm.main([str(study_dir), "--primary-eval", "lr=1"]) == 2
     assert "primary_eval.lr" in capsys.readouterr().err
+
+
+def test_a_matched_clean_level_outside_every_validation_front_stops_a_resume(tmp_path, capsys):
+    """Once the search has written its fronts, a resumed study (or study.confirm, after it
+    rewrites them) checks matched_clean against them before Ray starts."""
+    import pandas as pd
+
+    from study.store import StudyStore
+
+    cfg = load_config(None, {"name": "s", "storage": str(tmp_path), "matched_clean": [0.75, 0.95]})
+    outputs.write_study_file(cfg)
+    study_dir = tmp_path / "s"
+    front = pd.DataFrame({
+        "config_id": ["c000", "c001", "pgd_at-c000"],
+        "experiment": ["search", "search", "search-pgd_at"],
+        "val_clean_acc_mean": [0.6, 0.8, 0.7],
+    })  # fmt: skip
+    StudyStore(study_dir).write_table("pareto.csv", front)
+    before = sorted(p.name for p in study_dir.iterdir())
+    assert sweep.main(["--resume", "--name", "s", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "matched_clean: 0.950 is outside every front's clean range" in err
+    assert "search [0.600, 0.800], search-pgd_at [0.700, 0.700]" in err
+    assert sorted(p.name for p in study_dir.iterdir()) == before  # nothing started or written
+    outputs.check_matched_clean(dataclasses.replace(cfg, matched_clean=(0.75, 0.7)))  # inside
 
 
 def test_a_confirmation_rerun_with_another_plan_keeps_the_old_tables_beside(tmp_path):
