@@ -48,6 +48,7 @@ from study.store import (
     baseline_search_name,
     open_fs,
 )
+from trainables.config import methods_reading
 
 # Reported beside the objectives: the parts of the worst-case robust accuracy.
 VAL_METRICS = ("val_clean_acc", "val_robust_acc", "val_pgd_acc", "val_blackbox_acc")
@@ -103,6 +104,18 @@ def write_outcome_files(store: StudyStore, trials: pd.DataFrame) -> None:
             store.write_bytes(path, buffer.getvalue())
 
 
+def configs_table(cfg: StudyConfig, trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """aggregate_configs with every searched key (the method's and each searched baseline's),
+    each shown only where the row's method reads it: PGD-AT's row has an epsilon but no mask
+    ratio, IG-NORM's its weight."""
+    keys = cfg.searched_keys
+    configs = aggregate_configs(trials, metrics, keys)
+    for key in keys:
+        if key in configs:
+            configs[key] = configs[key].where(configs["method"].isin(methods_reading(key)))
+    return configs
+
+
 def summarize(cfg: StudyConfig):
     """Write trials.csv (one row per trial), configs.csv (one row per configuration, with
     means, 95% intervals and p_front), pareto.csv and, once a configuration has finished,
@@ -112,7 +125,7 @@ def summarize(cfg: StudyConfig):
     trials = write_trials_table(cfg)
     study = trials[trials["experiment"] != CONFIRMATION_DIR]
     metrics = [*cfg.objectives, *(m for m in VAL_METRICS if m not in cfg.objectives)]
-    configs = aggregate_configs(study, metrics, list(cfg.search))
+    configs = configs_table(cfg, study, metrics)
     # the method's search first (its front's first configuration is the answer's primary
     # one), then each searched baseline's: every one gets its own front
     searches = {cfg.name: (METHOD_LABEL, list(cfg.search))} | {
@@ -159,7 +172,7 @@ def write_confirmation_tables(
     confirmation = trials[trials["experiment"] == CONFIRMATION_DIR]
     at_eps = [m for m in answer_metrics(confirmation) if m not in CONFIRM_METRICS]
     metrics = [m for m in (*CONFIRM_METRICS, *at_eps) if m in confirmation]
-    confirmed = aggregate_configs(confirmation, metrics, list(cfg.search))
+    confirmed = configs_table(cfg, confirmation, metrics)
     front = store.read_table(PARETO_FILE)
     bias = selection_bias(front, confirmed, cfg.objectives)
     answer = answer_table(confirmation, order=_front_ids(front))

@@ -255,6 +255,36 @@ def test_a_matched_clean_level_outside_every_validation_front_stops_a_resume(tmp
     outputs.check_matched_clean(dataclasses.replace(cfg, matched_clean=(0.75, 0.7)))  # inside
 
 
+def test_configs_csv_shows_every_searched_key_where_the_method_reads_it(tmp_path):
+    """A key only a baseline searches (IG-NORM's weight) gets its column; a key a method never
+    reads (PGD-AT's mask ratio) is left empty in its row, not shown at the trial's default."""
+    import pandas as pd
+
+    from study.config import build_study_config
+
+    cfg = build_study_config({
+        "name": "s", "storage": str(tmp_path), "baselines": [
+            "pgd_at", {"method": "ig_norm", "search": {"baseline_weight": {
+                "type": "loguniform", "low": 0.01, "high": 1.0}}, "num_samples": 2},
+        ],
+    })  # fmt: skip
+    assert cfg.searched_keys == ["mask_ratio", "reg_weight", "epsilon", "baseline_weight"]
+    rows = [("c000", "s", "lime_refine", 0.3), ("pgd_at", "baselines", "pgd_at", 1.0),
+            ("ig_norm-c000", "search-ig_norm", "ig_norm", 0.05)]  # fmt: skip
+    trials = pd.DataFrame([
+        {"trial_id": f"{c}-{r}", "status": "TERMINATED", "experiment": e,
+         "config/config_id": c, "config/method": m,
+         "config/replicate": r, "config/mask_ratio": 0.2, "config/reg_weight": 0.1,
+         "config/epsilon": 0.1, "config/baseline_weight": w, "val_clean_acc": 0.9 - r / 10}
+        for c, e, m, w in rows for r in (0, 1)
+    ])  # fmt: skip
+    configs = outputs.configs_table(cfg, trials, ["val_clean_acc"]).set_index("config_id")
+    assert configs.loc["ig_norm-c000", "baseline_weight"] == 0.05
+    assert configs.loc[["ig_norm-c000", "pgd_at"], "mask_ratio"].isna().all()
+    assert configs.loc["pgd_at", "epsilon"] == 0.1 and configs.loc["c000", "mask_ratio"] == 0.2
+    assert configs[["baseline_weight"]].loc[["c000", "pgd_at"]].isna().all().all()
+
+
 def test_a_confirmation_rerun_with_another_plan_keeps_the_old_tables_beside(tmp_path):
     from study.store import StudyStore
 

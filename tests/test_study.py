@@ -72,6 +72,10 @@ def test_configs_csv_is_the_mean_and_interval_of_the_replicates(tiny_study):
         assert lo < row["val_robust_acc_mean"] < hi  # never a zero-width interval
     assert configs.loc["pgd_at", "experiment"] == "baselines"
     assert np.isnan(configs.loc["pgd_at", "p_front"])
+    # PGD-AT reads its epsilon, never the LIME keys: those stay empty in its rows
+    pgd_at = configs[configs["method"] == "pgd_at"]
+    assert pgd_at["mask_ratio"].isna().all() and pgd_at["reg_weight"].isna().all()
+    assert (pgd_at["epsilon"] > 0).all()
 
 
 def test_pareto_csv_holds_exactly_the_non_dominated_configurations(tiny_study):
