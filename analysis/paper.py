@@ -8,12 +8,20 @@ comparison shows whether the direction of the effect reproduces, not the exact n
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.replicates import aggregate_configs, answer_table
 from analysis.results import BASELINES, METHOD_LABEL, completed, searched_trials
 from study.store import CONFIRMATION_DIR
 
 PAPER_SOURCE = "arXiv 2412.18952 (CIFAR-10)"
 # model -> (clean accuracy, adversarial accuracy), fractions as the study stores them
 PAPER = {"Baseline (standard training)": (0.87, 0.5429), METHOD_LABEL: (0.85, 0.7259)}
+# The paper's claims for its method against standard training: (what, metric, the paper's
+# difference in accuracy or None for a direction only, the paper's words)
+PAPER_CLAIMS = (
+    ("clean accuracy", "test_clean_acc", 0.85 - 0.87, "85% against 87%: a 2-point cost"),
+    ("robust accuracy", "test_robust_acc", 0.7259 - 0.5429, "72.59% against 54.29%"),
+    ("CIFAR-10-C accuracy", "test_cifar10c_mean", None, "better on CIFAR-10-C"),
+)
 # The baselines shown even when the study lacks them (a row says they were not run).
 SHOWN_BASELINES = ("erm", "pgd_at", "ig_norm")
 BARS = (
@@ -136,3 +144,55 @@ def eval_note(settings: dict) -> str:
     steps = f"PGD-{trial['eval_steps']}" if "eval_steps" in trial else "PGD"
     attack = f"worst case of {steps} and Square" if "blackbox_queries" in trial else steps
     return f"\n(ours: {attack} at ε={trial['eval_epsilon']:.3g}; paper: its own small perturbation)"
+
+
+def _direction(low: float, high: float, sign: float) -> str:
+    """Where the interval lies against zero, on the paper's side (`sign`) or the other."""
+    low, high = sorted((sign * low, sign * high))
+    return "supported" if low > 0 else ("contradicted" if high < 0 else "cannot say")
+
+
+def _size(low: float, high: float, paper: float, sign: float = 1.0) -> str:
+    """Ours against the paper's figure along the paper's sign: within the interval, or larger
+    or smaller in magnitude."""
+    low, high = sorted((sign * low, sign * high))
+    paper = sign * paper
+    return "larger" if low > paper else ("smaller" if high < paper else "within")
+
+
+def paper_claims(
+    confirmation: pd.DataFrame, config_id: str, reference: str = "erm"
+) -> pd.DataFrame:
+    """The paper's claims against standard training, one row each, read on the confirmation:
+    `config_id` minus `reference` (ERM, the study's standard training) paired by seed and test
+    image (answer_table's differences and 95% intervals). `direction`: "supported" when the
+    interval lies on the paper's side of zero, "contradicted" on the other, else "cannot say";
+    `size` compares the paper's difference (`paper_value`) with the interval ("within", or ours
+    "larger" / "smaller"). A last row sets the paper's standard-training robust accuracy (54.29%)
+    beside the reference's own (`ours`: an accuracy there, a difference above). Empty when
+    either arm has no finished trial."""
+    metrics = [m for _, m, _, _ in PAPER_CLAIMS if m in confirmation]
+    answer = answer_table(confirmation, metrics=metrics, reference=reference, order=[config_id])
+    if answer.empty or config_id not in set(answer["config_id"]):
+        return pd.DataFrame()
+    row = answer.set_index("config_id").loc[config_id]
+    rows = []
+    for claim, metric, paper, words in PAPER_CLAIMS:
+        if metric not in metrics:
+            continue
+        diff, low, high = (row[f"{metric}_diff{s}"] for s in ("", "_ci_low", "_ci_high"))
+        sign = -1.0 if paper is not None and paper < 0 else 1.0
+        size = "" if paper is None else _size(low, high, paper, sign)
+        rows.append({"claim": claim, "paper": words, "paper_value": paper, "ours": diff,
+                     "ci_low": low, "ci_high": high, "n": row["n_pairs"],
+                     "direction": _direction(low, high, sign), "size": size})  # fmt: skip
+    done = completed(confirmation)
+    ref = aggregate_configs(done[done["config/config_id"] == reference], ["test_robust_acc"])
+    if not ref.empty:
+        r, paper = ref.iloc[0], PAPER["Baseline (standard training)"][1]
+        low, high = r["test_robust_acc_ci_low"], r["test_robust_acc_ci_high"]
+        rows.append({"claim": "standard training's robust accuracy", "paper": "54.29%",
+                     "paper_value": paper, "ours": r["test_robust_acc_mean"], "ci_low": low,
+                     "ci_high": high, "n": r["n"], "direction": "",
+                     "size": _size(low, high, paper)})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -64,3 +64,27 @@ def test_without_a_confirmation_validation_means_are_shown():
     lime = ours.loc["LIME-guided refinement"]
     assert lime["robust_acc"] == pytest.approx(0.61)
     assert "on the validation" in lime["note"]
+
+
+def test_the_papers_claims_are_read_against_erm_with_intervals():
+    """A method 10 points below ERM clean, 35 above in robust accuracy and 5 below on CIFAR-10-C:
+    the clean cost and the robust gain go the paper's way (both larger than its 2 and 18.3
+    points), CIFAR-10-C against it, and ERM's own robust accuracy sits far below 54.29%."""
+    from analysis.paper import paper_claims
+    from analysis.synthetic import confirmation_row
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for config_id, method, clean, robust, corrupt in (
+        ("erm", "erm", 0.90, 0.10, 0.70), ("c001", "lime_refine", 0.80, 0.45, 0.65),
+    ):  # fmt: skip
+        for seed in range(3):
+            row = confirmation_row(config_id, method, seed, rng.random(1000) < clean,
+                                   rng.random(1000) < robust)  # fmt: skip
+            rows.append({**row, "test_cifar10c_mean": corrupt + rng.normal(0, 0.005)})
+    claims = paper_claims(pd.DataFrame(rows), "c001").set_index("claim")
+    assert list(claims["direction"]) == ["supported", "supported", "contradicted", ""]
+    assert list(claims["size"]) == ["larger", "larger", "", "smaller"]
+    assert claims.loc["clean accuracy", "ours"] == pytest.approx(-0.10, abs=0.02)
+    assert claims.loc["standard training's robust accuracy", "n"] == 3
+    assert paper_claims(pd.DataFrame(rows), "c999").empty
