@@ -399,6 +399,17 @@ def confirmation_points(
     return points
 
 
+def same_plan(previous: Any, points: list[dict[str, Any]]) -> bool:
+    """Whether the stored confirmation plan is these points. Its points are read back as trial
+    configs first, so a plan written before a trial key existed (the key at its default, which
+    the resumed trials take too) is still the same plan, not a new one to re-run from scratch."""
+    try:
+        stored = [vars(make_trial_config(p)) for p in previous]
+    except (ConfigError, TypeError, ValueError):  # a key since removed, or not a plan at all
+        return False
+    return json.loads(json.dumps(stored)) == json.loads(json.dumps(points))
+
+
 def _archive_previous(store: StudyStore) -> None:
     """A re-run with another plan keeps the old confirmation and its tables beside (never
     deletes them), so no table of the old one passes for the new one's."""
@@ -420,7 +431,7 @@ def run_confirmation(
     points = confirmation_points(cfg, trials, config_ids, cfg.confirm_seeds, bases)
     store = StudyStore(cfg.study_dir)
     previous = store.read_json(PLAN_FILE)
-    if previous is not None and previous != json.loads(json.dumps(points)):
+    if previous is not None and not same_plan(previous, points):
         _archive_previous(store)
         previous = None
     if previous is None:

@@ -285,6 +285,24 @@ def test_configs_csv_shows_every_searched_key_where_the_method_reads_it(tmp_path
     assert configs[["baseline_weight"]].loc[["c000", "pgd_at"]].isna().all().all()
 
 
+def test_a_plan_written_before_a_trial_key_existed_is_the_same_plan(tmp_path):
+    """A study resumed on newer code must not re-run its confirmation from scratch because the
+    code added a trial key: the stored plan's points take the new key's default."""
+    import pandas as pd
+
+    from study.config import build_study_config
+
+    cfg = build_study_config({"name": "s", "storage": str(tmp_path), "baselines": ["pgd_at"]})
+    trials = pd.DataFrame([{f"config/{k}": v for k, v in p.items()} for p in
+                           stages.baseline_points(cfg)])  # fmt: skip
+    points = stages.confirmation_points(cfg, trials, [], 2)
+    older = [{k: v for k, v in p.items() if k != "test_blackbox_queries"} for p in points]
+    assert stages.same_plan(older, points)
+    assert not stages.same_plan([{**p, "final_eval_subset": 7} for p in older], points)
+    assert not stages.same_plan([{**p, "gone_key": 1} for p in older], points)
+    assert not stages.same_plan(older[:1], points)
+
+
 def test_a_confirmation_rerun_with_another_plan_keeps_the_old_tables_beside(tmp_path):
     from study.store import StudyStore
 
