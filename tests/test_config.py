@@ -243,16 +243,20 @@ def test_a_matched_clean_level_outside_every_validation_front_stops_a_resume(tmp
     front = pd.DataFrame({
         "config_id": ["c000", "c001", "pgd_at-c000"],
         "experiment": ["search", "search", "search-pgd_at"],
-        "val_clean_acc_mean": [0.6, 0.8, 0.7],
+        "val_clean_acc_ci_low": [0.55, 0.75, 0.66],
+        "val_clean_acc_ci_high": [0.65, 0.85, 0.74],
     })  # fmt: skip
     StudyStore(study_dir).write_table("pareto.csv", front)
     before = sorted(p.name for p in study_dir.iterdir())
     assert sweep.main(["--resume", "--name", "s", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "matched_clean: 0.950 is outside every front's clean range" in err
-    assert "search [0.600, 0.800], search-pgd_at [0.700, 0.700]" in err
+    assert "search [0.550, 0.850], search-pgd_at [0.660, 0.740]" in err and "study.json" in err
     assert sorted(p.name for p in study_dir.iterdir()) == before  # nothing started or written
-    outputs.check_matched_clean(dataclasses.replace(cfg, matched_clean=(0.75, 0.7)))  # inside
+    for fine in ((0.75, 0.84), (0.55,)):  # inside a front's range with its intervals
+        outputs.check_matched_clean(dataclasses.replace(cfg, matched_clean=fine))
+    for unused in ({"confirm_seeds": 0}, {"ablation": {"mask_ratio": 0.1}}):  # no fronts read
+        outputs.check_matched_clean(dataclasses.replace(cfg, **unused))
 
 
 def test_configs_csv_shows_every_searched_key_where_the_method_reads_it(tmp_path):
