@@ -148,13 +148,17 @@ def eval_note(settings: dict) -> str:
 
 def _direction(low: float, high: float, sign: float) -> str:
     """Where the interval lies against zero, on the paper's side (`sign`) or the other."""
+    if low != low or high != high:
+        return "cannot say"
     low, high = sorted((sign * low, sign * high))
     return "supported" if low > 0 else ("contradicted" if high < 0 else "cannot say")
 
 
 def _size(low: float, high: float, paper: float, sign: float = 1.0) -> str:
-    """Ours against the paper's figure along the paper's sign: within the interval, or larger
-    or smaller in magnitude."""
+    """Ours against the paper's figure along the paper's sign (a cost counts as positive):
+    "within" the interval, "larger" or "smaller" beyond it; "" without an interval."""
+    if low != low or high != high:  # NaN: no interval to compare with
+        return ""
     low, high = sorted((sign * low, sign * high))
     paper = sign * paper
     return "larger" if low > paper else ("smaller" if high < paper else "within")
@@ -172,6 +176,8 @@ def paper_claims(
     beside the reference's own (`ours`: an accuracy there, a difference above). Empty when
     either arm has no finished trial."""
     metrics = [m for _, m, _, _ in PAPER_CLAIMS if m in confirmation]
+    if not metrics:
+        return pd.DataFrame()
     answer = answer_table(confirmation, metrics=metrics, reference=reference, order=[config_id])
     if answer.empty or config_id not in set(answer["config_id"]):
         return pd.DataFrame()

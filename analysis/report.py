@@ -39,6 +39,7 @@ from analysis.results import (
     load_study_settings,
     load_trials,
     objectives_of,
+    searched_keys_of,
     searched_trials,
 )
 from analysis.tables import fronts_table_text, interval_cell
@@ -265,7 +266,7 @@ def _protocol_parts(study_dir, settings: dict, trials: pd.DataFrame, name: str) 
     """The answer, an ablation's table, the configuration front with intervals, masking flags,
     stopped trials and the selection bias; [] for a study without the sweep's tables."""
     objectives = objectives_of(settings)
-    searched = list(settings.get("search") or {})
+    searched = searched_keys_of(settings)
     files = (CONFIGS_FILE, PARETO_FILE, CONFIRMED_FILE, SELECTION_BIAS_FILE)
     store = StudyStore(study_dir)
     tables = [store.read_table(f) for f in (*files, ANSWER_FILE, ABLATION_FILE)]

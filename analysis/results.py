@@ -234,6 +234,16 @@ def objectives_of(settings: dict) -> dict[str, str]:
     return dict(settings.get("objectives") or DEFAULT_OBJECTIVES)
 
 
+def searched_keys_of(settings: dict) -> list[str]:
+    """Every searched trial key of a study (study.json): the method's, then each searched
+    baseline's (a `baselines:` entry with a `search:`) not already listed."""
+    keys = dict.fromkeys(settings.get("search") or {})
+    for baseline in settings.get("baselines") or []:
+        if isinstance(baseline, dict):
+            keys.update(dict.fromkeys(baseline.get("search") or {}))
+    return list(keys)
+
+
 # --- per-image outcomes ------------------------------------------------------------------------
 
 

@@ -163,14 +163,6 @@ class StudyConfig:
             else (self.storage.rstrip("/") + "/" + self.name)
         )
 
-    @property
-    def searched_keys(self) -> list[str]:
-        """Every searched trial key: the method's, then each searched baseline's new ones."""
-        keys = dict.fromkeys(self.search)
-        for b in self.baseline_searches:
-            keys.update(dict.fromkeys(b.search))
-        return list(keys)
-
     def to_dict(self) -> dict[str, Any]:
         """Plain data for study.json (read back by the analysis package)."""
         d = dataclasses.asdict(self)

@@ -22,7 +22,7 @@ from analysis.replicates import (
     p_front,
     selection_bias,
 )
-from analysis.results import METHOD_LABEL, load_trials, outcome_table
+from analysis.results import METHOD_LABEL, load_trials, outcome_table, searched_keys_of
 from analysis.tables import answer_table_text, front_table, fronts_table_text
 from study.config import ABLATION_REFERENCE, ABLATION_VARIANTS, ConfigError, StudyConfig
 from study.console import console_stream
@@ -108,7 +108,7 @@ def configs_table(cfg: StudyConfig, trials: pd.DataFrame, metrics: list[str]) ->
     """aggregate_configs with every searched key (the method's and each searched baseline's),
     each shown only where the row's method reads it: PGD-AT's row has an epsilon but no mask
     ratio, IG-NORM's its weight."""
-    keys = cfg.searched_keys
+    keys = searched_keys_of(cfg.to_dict())
     configs = aggregate_configs(trials, metrics, keys)
     for key in keys:
         if key in configs:

@@ -264,6 +264,7 @@ def test_configs_csv_shows_every_searched_key_where_the_method_reads_it(tmp_path
     reads (PGD-AT's mask ratio) is left empty in its row, not shown at the trial's default."""
     import pandas as pd
 
+    from analysis.results import searched_keys_of
     from study.config import build_study_config
 
     cfg = build_study_config({
@@ -272,7 +273,8 @@ def test_configs_csv_shows_every_searched_key_where_the_method_reads_it(tmp_path
                 "type": "loguniform", "low": 0.01, "high": 1.0}}, "num_samples": 2},
         ],
     })  # fmt: skip
-    assert cfg.searched_keys == ["mask_ratio", "reg_weight", "epsilon", "baseline_weight"]
+    keys = searched_keys_of(cfg.to_dict())  # what study.json says, read as analysis/ reads it
+    assert keys == ["mask_ratio", "reg_weight", "epsilon", "baseline_weight"]
     rows = [("c000", "s", "lime_refine", 0.3), ("pgd_at", "baselines", "pgd_at", 1.0),
             ("ig_norm-c000", "search-ig_norm", "ig_norm", 0.05)]  # fmt: skip
     trials = pd.DataFrame([

@@ -88,3 +88,8 @@ def test_the_papers_claims_are_read_against_erm_with_intervals():
     assert claims.loc["clean accuracy", "ours"] == pytest.approx(-0.10, abs=0.02)
     assert claims.loc["standard training's robust accuracy", "n"] == 3
     assert paper_claims(pd.DataFrame(rows), "c999").empty
+    one_seed = pd.DataFrame([r for r in rows if r["config/replicate"] == 0])
+    one_seed = one_seed.drop(columns=["test_outcomes_clean", "test_outcomes_robust"])
+    claims = paper_claims(one_seed, "c001").set_index("claim")  # one pair, no outcomes
+    assert claims.loc["clean accuracy", "direction"] == "cannot say"
+    assert claims.loc["clean accuracy", "size"] == ""
