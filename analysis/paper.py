@@ -146,22 +146,29 @@ def eval_note(settings: dict) -> str:
     return f"\n(ours: {attack} at ε={trial['eval_epsilon']:.3g}; paper: its own small perturbation)"
 
 
+def _oriented(low: float, high: float, sign: float) -> tuple[float, float] | None:
+    """The interval along the paper's sign (a cost counts as positive), ordered; None for NaN."""
+    if low != low or high != high:  # no interval (one pair without per-image outcomes)
+        return None
+    return tuple(sorted((sign * low, sign * high)))
+
+
 def _direction(low: float, high: float, sign: float) -> str:
     """Where the interval lies against zero, on the paper's side (`sign`) or the other."""
-    if low != low or high != high:
+    interval = _oriented(low, high, sign)
+    if interval is None:
         return "cannot say"
-    low, high = sorted((sign * low, sign * high))
-    return "supported" if low > 0 else ("contradicted" if high < 0 else "cannot say")
+    return "supported" if interval[0] > 0 else ("contradicted" if interval[1] < 0 else "cannot say")
 
 
 def _size(low: float, high: float, paper: float, sign: float = 1.0) -> str:
-    """Ours against the paper's figure along the paper's sign (a cost counts as positive):
-    "within" the interval, "larger" or "smaller" beyond it; "" without an interval."""
-    if low != low or high != high:  # NaN: no interval to compare with
+    """Ours against the paper's figure along the paper's sign: "within" the interval, "larger"
+    or "smaller" beyond it; "" without an interval."""
+    interval = _oriented(low, high, sign)
+    if interval is None:
         return ""
-    low, high = sorted((sign * low, sign * high))
     paper = sign * paper
-    return "larger" if low > paper else ("smaller" if high < paper else "within")
+    return "larger" if interval[0] > paper else ("smaller" if interval[1] < paper else "within")
 
 
 def paper_claims(

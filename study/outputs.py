@@ -234,7 +234,8 @@ def check_matched_clean(cfg: StudyConfig) -> None:
     compare) or without a confirmation. Raises ConfigError with one line."""
     if not cfg.matched_clean or cfg.ablation is not None or not cfg.confirm_seeds:
         return
-    front = StudyStore(cfg.study_dir).read_table(PARETO_FILE)
+    store = StudyStore(cfg.study_dir)
+    front = store.read_table(PARETO_FILE)
     low, high = "val_clean_acc_ci_low", "val_clean_acc_ci_high"
     if front is None or front.empty or low not in front or high not in front:
         return
@@ -246,7 +247,7 @@ def check_matched_clean(cfg: StudyConfig) -> None:
             raise ConfigError(
                 f"matched_clean: {level:.3f} is outside every front's clean range on validation, "
                 f"intervals included ({spans}); set levels inside one in "
-                f"{StudyStore(cfg.study_dir).path(STUDY_FILE)}"
+                f"{store.path(STUDY_FILE)}"
             )
 
 
