@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         table.to_csv(out / f"vs_{reference}.csv", index=False)
     methods = sorted(set(searched_trials(completed(confirmation))["config/config_id"]))
     claims = [paper_claims(confirmation, c).assign(config_id=c) for c in methods]
-    pd.concat(claims, ignore_index=True).to_csv(out / "paper_claims.csv", index=False)
+    claims = pd.concat(claims, ignore_index=True) if claims else pd.DataFrame()
+    claims.to_csv(out / "paper_claims.csv", index=False)
     print(f"wrote {len(args.reference)} answer tables and paper_claims.csv to {out}")
     return 0
 

@@ -209,3 +209,18 @@ def test_fronts_csv_compares_each_confirmed_front_with_the_methods(tiny_study):
     assert hv.loc["pgd_at", "diff"] == pytest.approx(
         hv.loc["pgd_at", "estimate"] - hv.loc["lime_refine", "estimate"]
     )
+
+
+def test_study_tables_answers_against_another_reference(tiny_study, tmp_path, capsys):
+    from benchmarks import study_tables
+
+    confirmed = pd.read_csv(f"{tiny_study}/confirmed.csv")["config_id"].tolist()
+    reference = next(c for c in confirmed if c != "pgd_at")  # not the study's own reference
+    out = tmp_path / "tables"
+    assert study_tables.main([tiny_study, "--reference", reference, "--out", str(out)]) == 0
+    table = pd.read_csv(out / f"vs_{reference}.csv")
+    assert set(table["reference"]) == {reference} and reference not in set(table["config_id"])
+    assert "verdict" in table and len(table) >= 1
+    assert (out / "paper_claims.csv").exists()  # no rows here: the tiny study has no ERM
+    assert study_tables.main([tiny_study, "--reference", "nope", "--out", str(out)]) == 2
+    assert "'nope' is not a confirmed configuration" in capsys.readouterr().err
