@@ -88,13 +88,13 @@ def _statistics(
     return out
 
 
-def _matrices(done: pd.DataFrame, ids: list[str], seeds: list[int]):
+def _matrices(done: pd.DataFrame, ids: list[str], seeds: list[int], robust_metric: str):
     """{config_id: (clean (S, Nc), robust (S, Nr))} over the shared seeds; None if any lacks
     per-image outcomes or the configurations' images differ in number."""
     out = {}
     for config_id in ids:
         rows = done[done["config_id"] == config_id].set_index("config/replicate").loc[seeds]
-        clean, robust = outcome_matrix(rows, CLEAN), outcome_matrix(rows, ROBUST)
+        clean, robust = outcome_matrix(rows, CLEAN), outcome_matrix(rows, robust_metric)
         if clean is None or robust is None:
             return None
         out[config_id] = (clean, robust)
@@ -125,14 +125,17 @@ def front_comparison(
     level: float = LEVEL,
     n_boot: int = N_BOOT,
     seed: int = 0,
+    robust_metric: str = ROBUST,
 ) -> pd.DataFrame:
     """One row per (front, statistic): its estimate and interval, and its difference from the
     method's front with interval and p-value (Holm is the caller's: these are few and
     planned). `levels`: the matched clean accuracies (default: `default_levels`); a level
-    outside a front's range leaves that front's figure empty. Empty when the method has no
-    confirmed configuration or a configuration lacks per-image outcomes."""
+    outside a front's range leaves that front's figure empty. `robust_metric`: the robust
+    accuracy the fronts are drawn with (default the study's ε; e.g. test_robust_eps8_255_acc).
+    Empty when the method has no confirmed configuration or a configuration lacks per-image
+    outcomes."""
     done = completed(confirmation)
-    if done.empty or CLEAN not in done or ROBUST not in done:
+    if done.empty or CLEAN not in done or robust_metric not in done:
         return pd.DataFrame()
     done = done.assign(config_id=done["config/config_id"].astype(str))
     members = done.drop_duplicates("config_id")
@@ -145,7 +148,7 @@ def front_comparison(
     ids = [i for members in fronts.values() for i in members]
     seeds = sorted(set.intersection(*(set(done.loc[done["config_id"] == i, "config/replicate"])
                                       for i in ids)))  # fmt: skip
-    matrices = _matrices(done, ids, seeds) if seeds else None
+    matrices = _matrices(done, ids, seeds, robust_metric) if seeds else None
     if matrices is None:
         return pd.DataFrame()
     means = {i: (c.mean(), r.mean()) for i, (c, r) in matrices.items()}

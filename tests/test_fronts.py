@@ -56,6 +56,37 @@ def test_a_worse_searched_baseline_front_is_named_worse_and_an_equal_one_is_not(
         assert row["ci_low"] < row["estimate"] < row["ci_high"]
 
 
+def test_fronts_drawn_at_another_eps_read_that_eps_outcomes():
+    rng = np.random.default_rng(2)
+    ids = ("c000", "c001", "pgd_at-c000", "pgd_at-c001")
+    methods = ("lime_refine", "lime_refine", "pgd_at", "pgd_at")
+    clean = (0.85, 0.75, 0.85, 0.70)
+
+    def rows_with(robust):
+        front = {i: (c, r, m) for i, c, r, m in zip(ids, clean, robust, methods, strict=True)}
+        return _front_rows(rng, front)
+
+    rows, at_eight = rows_with((0.30, 0.45, 0.2, 0.4)), rows_with((0.01, 0.06, 0.0, 0.05))
+    for row, other in zip(rows, at_eight, strict=True):
+        row["test_robust_eps8_255_acc"] = other["test_robust_acc"]
+        row["test_outcomes_robust_eps8_255"] = other["test_outcomes_robust"]
+    table = pd.DataFrame(rows)
+    at_study_eps = front_comparison(table)
+    at_eps8 = front_comparison(table, robust_metric="test_robust_eps8_255_acc")
+    swapped = table.assign(test_robust_acc=table["test_robust_eps8_255_acc"],
+                           test_outcomes_robust=table["test_outcomes_robust_eps8_255"])  # fmt: skip
+    pd.testing.assert_frame_equal(at_eps8, front_comparison(swapped))
+    hv = at_eps8.set_index(["front", "statistic"]).loc[("lime_refine", "hypervolume"), "estimate"]
+    assert (
+        hv
+        < 0.1
+        < at_study_eps.set_index(["front", "statistic"]).loc[
+            ("lime_refine", "hypervolume"), "estimate"
+        ]
+    )
+    assert front_comparison(table, robust_metric="test_robust_eps4_255_acc").empty  # not measured
+
+
 def test_no_front_comparison_without_the_method_or_outcomes():
     rng = np.random.default_rng(1)
     rows = _front_rows(rng, {"erm": (0.9, 0.1, "erm")})
