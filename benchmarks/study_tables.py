@@ -6,10 +6,8 @@ baseline's point), and the paper's claims point by point.
         --out docs/results/cifar10-cpu
 
 writes vs_<reference>.csv (analysis.replicates.answer_table: differences paired by seed and test
-image, 95% intervals over both, verdicts Holm-corrected within the table), paper_claims.csv
-(analysis.paper.paper_claims for each confirmed LIME-guided configuration against ERM), and
-fronts_<metric>.csv for each robust metric at another ε than the study's (the study's own
-fronts.csv, drawn with the worst case at its other answer_epsilons: analysis.fronts).
+image, 95% intervals over both, verdicts Holm-corrected within the table) and paper_claims.csv
+(analysis.paper.paper_claims for each confirmed LIME-guided configuration against ERM).
 """
 
 import argparse
@@ -18,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.fronts import front_comparison
 from analysis.paper import paper_claims
 from analysis.replicates import answer_table
 from analysis.results import completed, load_trials, searched_trials
@@ -51,10 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     for reference in args.reference:
         table = answer_table(confirmation, metrics=metrics, reference=reference)
         table.to_csv(out / f"vs_{reference}.csv", index=False)
-    for metric in [m for m in confirmation if m.startswith("test_robust_eps")]:
-        front_comparison(confirmation, robust_metric=metric).to_csv(
-            out / f"fronts_{metric.removeprefix('test_')}.csv", index=False
-        )
     methods = sorted(set(searched_trials(completed(confirmation))["config/config_id"]))
     claims = [paper_claims(confirmation, c).assign(config_id=c) for c in methods]
     claims = pd.concat(claims, ignore_index=True) if claims else pd.DataFrame()

@@ -36,6 +36,7 @@ from study.store import (
     CONFIRMED_FILE,
     FRONTS_FIGURE,
     FRONTS_FILE,
+    FRONTS_OTHER_EPS_FILE,
     OUTCOMES_FILE,
     OUTCOMES_MARK,
     PARETO_FIGURE,
@@ -163,7 +164,8 @@ def write_confirmation_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame]:
     """trials.csv again (now with the confirmation), confirmation.csv, confirmed.csv,
     selection_bias.csv, fronts.csv and confirmed_fronts.png (each method's confirmed front
-    against the method's: analysis.fronts), for an ablation ablation.csv, and answer.csv (last:
+    against the method's: analysis.fronts; fronts_other_eps.csv the same at each other answer
+    eps, so the levels are fronts.csv's), for an ablation ablation.csv, and answer.csv (last:
     its presence says the confirmation is done); returns the answer, the ablation table (None
     for a search) and the fronts' comparison. The ablation is the answer's paired comparison
     with the full setting as the reference."""
@@ -181,16 +183,24 @@ def write_confirmation_tables(
         ablation = answer_table(
             confirmation, reference=ABLATION_REFERENCE, order=list(ABLATION_VARIANTS)
         )
-    fronts = pd.DataFrame()
+    fronts, other_eps = pd.DataFrame(), []
     if cfg.ablation is None:
         fronts = front_comparison(confirmation, levels=cfg.matched_clean or None)
         for level in outside_every_front(fronts):
             print(f"matched_clean: {level:.3f} is outside every confirmed front's clean range; "
                   "fronts.csv has no figure at it", file=console_stream())  # fmt: skip
+        other_eps = [  # the same default levels: they depend on clean accuracy alone
+            front_comparison(
+                confirmation, levels=cfg.matched_clean or None, robust_metric=m
+            ).assign(robust_metric=m)
+            for m in at_eps
+        ]
     store.write_table(CONFIRMATION_FILE, without_outcomes(confirmation))
     store.write_table(CONFIRMED_FILE, confirmed)
     store.write_table(SELECTION_BIAS_FILE, bias)
     store.write_table(FRONTS_FILE, fronts)
+    if other_eps:
+        store.write_table(FRONTS_OTHER_EPS_FILE, pd.concat(other_eps, ignore_index=True))
     if not fronts.empty:
         store.write_figure(FRONTS_FIGURE, confirmed_fronts_figure(confirmed, title=cfg.name))
     if ablation is not None:

@@ -38,13 +38,14 @@ CONFIRMED_FILE = "confirmed.csv"
 SELECTION_BIAS_FILE = "selection_bias.csv"
 FRONTS_FILE = "fronts.csv"  # each method's confirmed front against the method's
 FRONTS_FIGURE = "confirmed_fronts.png"
+FRONTS_OTHER_EPS_FILE = "fronts_other_eps.csv"  # the same, drawn at each other answer eps
 ANSWER_FILE = "answer.csv"  # the confirmation writes it last
 ABLATION_FILE = "ablation.csv"  # an ablation's variants against its full setting
 REPORT_FILE = "report.html"  # python -m analysis.report
 # What the confirmation writes, in order (a re-run archives them first).
 CONFIRMATION_TABLES = (
     CONFIRMATION_FILE, CONFIRMED_FILE, SELECTION_BIAS_FILE, FRONTS_FILE, FRONTS_FIGURE,
-    ABLATION_FILE, ANSWER_FILE,
+    FRONTS_OTHER_EPS_FILE, ABLATION_FILE, ANSWER_FILE,
 )  # fmt: skip
 # The objectives of a study whose settings name none: selection happens on validation; the test
 # split is read by the confirmation stage only.

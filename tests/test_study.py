@@ -19,7 +19,7 @@ def test_study_writes_its_files(tiny_study):
     for name in (
         "study.json", "trials.csv", "configs.csv", "pareto.csv", "pareto.png",
         "confirmation.csv", "confirmed.csv", "selection_bias.csv", "answer.csv", "fronts.csv",
-        "confirmed_fronts.png",
+        "confirmed_fronts.png", "fronts_other_eps.csv",
     ):  # fmt: skip
         assert (d / name).stat().st_size > 0, name
     settings = json.loads((d / "study.json").read_text())
@@ -208,6 +208,15 @@ def test_fronts_csv_compares_each_confirmed_front_with_the_methods(tiny_study):
     assert (hv["ci_low"] < hv["estimate"]).all() and (hv["estimate"] < hv["ci_high"]).all()
     assert hv.loc["pgd_at", "diff"] == pytest.approx(
         hv.loc["pgd_at", "estimate"] - hv.loc["lime_refine", "estimate"]
+    )
+    # the same fronts, levels and statistics at the study's other answer eps
+    other = pd.read_csv(f"{tiny_study}/fronts_other_eps.csv")
+    (metric,) = other["robust_metric"].unique()
+    assert metric.startswith("test_robust_eps")
+    assert other[["front", "statistic"]].equals(fronts[["front", "statistic"]])
+    hv_other = other[other["statistic"] == "hypervolume"].set_index("front")
+    assert hv_other.loc["pgd_at", "estimate"] == pytest.approx(
+        ref["test_clean_acc_mean"] * ref[f"{metric}_mean"]
     )
 
 
