@@ -462,7 +462,7 @@ class _ArchiveTree:
     one folder.
 
     The archive is read into memory, never unpacked to disk: its decoded images are held in
-    memory anyway, so no tree of 60,000 small files is written, hashed and read back. Its
+    memory anyway, and writing 60,000 small files costs more than decoding them. Its
     fingerprint is its SHA-256, with the split's name. Its folders are remembered under that
     digest, so a load whose arrays are cached reads a small memo, not the archive."""
 
