@@ -233,3 +233,16 @@ def test_study_tables_answers_against_another_reference(tiny_study, tmp_path, ca
     assert (out / "paper_claims.csv").exists()  # no rows here: the tiny study has no ERM
     assert study_tables.main([tiny_study, "--reference", "nope", "--out", str(out)]) == 2
     assert "'nope' is not a confirmed configuration" in capsys.readouterr().err
+
+
+def test_reattack_rebuilds_the_confirmed_models_and_attacks_them_again(tiny_study, tmp_path):
+    from benchmarks import reattack
+
+    out = tmp_path / "reattack.csv"
+    args = [tiny_study, "--config", "pgd_at", "--eps", "0.3", "--images", "20", "--threads", "1"]
+    assert reattack.main([*args, "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert sorted(table["replicate"]) == [0, 1] and (table["images"] == 20).all()
+    assert np.allclose(table["clean_acc"], table["trial_clean_acc"], atol=1e-6)  # the same model
+    assert (table["autoattack_acc"] <= table["pgd20_acc"] + 0.05).all()
+    assert reattack.main([tiny_study, "--config", "nope", "--out", str(out)]) == 2
