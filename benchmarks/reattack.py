@@ -26,9 +26,9 @@ import torch
 
 from study.store import CONFIRMATION_DIR
 from trainables.config import TRIAL_FIELDS, make_trial_config
-from trainables.data import subset_index
 from trainables.evaluate import accuracy, make_attack, robust_outcomes
 from trainables.refine import build_trial_model, load_trial_splits
+from trainables.trial_eval import test_order
 from trainables.worker import load_state
 
 
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         last = sorted(folder.glob("checkpoint_*"))[-1]
         model.load_state_dict(load_state(str(last))["model"])
         model.eval()
-        subset = subset_index(len(splits.test_x), cfg.eval_subset, seed=0)[: args.images]
-        x, y = splits.test_x[subset], splits.test_y[subset]
+        order = test_order(len(splits.test_x), cfg.eval_subset)[0][: args.images]
+        x, y = splits.test_x[order], splits.test_y[order]
         row = {"config_id": params["config_id"], "replicate": params["replicate"],
                "seed": cfg.seed, "epsilon": args.eps, "images": len(x)}  # fmt: skip
         outcomes = {}

@@ -236,6 +236,15 @@ def _worst_case_at(
     return out
 
 
+def test_order(n_test: int, eval_subset: int | None) -> tuple[torch.Tensor, int]:
+    """The order a confirmation evaluates the test images in, and how many lead it: the fixed
+    eval subset first, then the rest, so every evaluation's per-image outcomes cover a prefix
+    of it and pair by position across trials (and with a later re-evaluation)."""
+    subset = subset_index(n_test, eval_subset, seed=0)
+    rest = torch.ones(n_test, dtype=torch.bool).index_fill_(0, subset, False)
+    return torch.cat([subset, rest.nonzero().flatten()]), len(subset)
+
+
 def confirmation_metrics(cfg: TrialConfig, model: nn.Module, splits: Splits) -> dict[str, Any]:
     """A confirmation trial's figures on the test split, each key prefixed `test_`.
 
@@ -248,11 +257,9 @@ def confirmation_metrics(cfg: TrialConfig, model: nn.Module, splits: Splits) -> 
     The test images are taken in one order, the eval subset first, so every evaluation's
     per-image outcomes cover a prefix of it and pair by position across trials.
     """
-    subset = subset_index(len(splits.test_x), cfg.eval_subset, seed=0)
-    rest = torch.ones(len(splits.test_x), dtype=torch.bool).index_fill_(0, subset, False)
-    order = torch.cat([subset, rest.nonzero().flatten()])
+    order, n_subset = test_order(len(splits.test_x), cfg.eval_subset)
     all_x, all_y = splits.test_x[order], splits.test_y[order]
-    x, y = all_x[: len(subset)], all_y[: len(subset)]
+    x, y = all_x[:n_subset], all_y[:n_subset]
     start = time.perf_counter()
     outcomes = worst_case_outcomes(
         model, x, y, cfg.eval_epsilon,
