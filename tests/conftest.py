@@ -82,6 +82,7 @@ TINY_TRIAL = {
     "lime_samples": 50,
     "eval_steps": 5,
     "ig_steps": 4,
+    "final_eval_subset": 16,  # AutoAttack's images: three quarters of a confirmation trial
 }
 
 

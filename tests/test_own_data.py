@@ -69,6 +69,32 @@ def test_an_archive_of_the_folder_gives_the_same_images(tmp_path, kind):
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_x, b.test_x)
 
 
+@pytest.mark.parametrize("bad", ["../outside.png", "link", "absolute"])
+def test_an_archive_member_never_lands_outside_its_folder(tmp_path, bad):
+    """Plain files and folders unpack without tarfile's per-member disk checks; any other
+    archive goes through tarfile's "data" filter, which refuses what would escape (a name with
+    "..", a file written through a link out of the folder) and roots absolute names in it."""
+    root = make_image_folder(tmp_path / "pets")
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="pets")
+        if bad == "link":  # a link out of the archive's folder, then a file through it
+            link = tarfile.TarInfo("pets/escape")
+            link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path)
+            tar.addfile(link)
+            bad = "pets/escape/through-link.png"
+        member = tar.gettarinfo(root / "train" / "ant" / "0.png", arcname="x")
+        member.name = str(tmp_path / "absolute.png") if bad == "absolute" else bad
+        with open(root / "train" / "ant" / "0.png", "rb") as f:
+            tar.addfile(member, f)
+    if bad == "absolute":
+        assert load_splits("imagefolder", archive).test_size == 12
+    else:
+        with pytest.raises(DataError, match="cannot unpack"):
+            load_splits("imagefolder", archive)
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path.parent / "outside.png").exists()
+
+
 def test_test_fraction_holds_out_a_stratified_test_split(tmp_path):
     root = make_image_folder(tmp_path / "pets", train=20, test=0)
     with pytest.raises(DataError, match="no test/ folder; set test_fraction"):
