@@ -71,9 +71,8 @@ def test_an_archive_of_the_folder_gives_the_same_images(tmp_path, kind):
 
 @pytest.mark.parametrize("bad", ["../outside.png", "link", "absolute"])
 def test_an_archive_member_never_lands_outside_its_folder(tmp_path, bad):
-    """Plain files and folders unpack without tarfile's per-member disk checks; any other
-    archive goes through tarfile's "data" filter, which refuses what would escape (a name with
-    "..", a file written through a link out of the folder) and roots absolute names in it."""
+    """tarfile's "data" filter refuses what would escape (a name with "..", a file written
+    through a link out of the folder) and roots absolute names in the folder."""
     root = make_image_folder(tmp_path / "pets")
     archive = tmp_path / "pets.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

@@ -16,10 +16,9 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -449,12 +448,8 @@ def _image_folder_split(
                 )
             files += images
             labels += [label] * len(images)
-        names = [p.relative_to(root).as_posix() for p in files]
-        # Pillow decodes with the GIL released: threads cut CIFAR-10's 60,000 JPEGs by about
-        # a third on 2 cores (processes would pay torch's import and pickling instead).
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            images = pool.map(_read_image, files, names)
-            x = _decode(zip(names, images, strict=True), image_size)
+        pairs = ((p.relative_to(root).as_posix(), p) for p in files)
+        x = _decode(((name, _read_image(p, name)) for name, p in pairs), image_size)
         return x, np.asarray(labels, dtype=np.int64)
 
     content = f"{DECODE_VERSION}\n{','.join(classes)}\n{_tree_fingerprint(split_dir)}"
@@ -469,30 +464,10 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _plain_tree_filter(members: Sequence[tarfile.TarInfo]):
-    """tarfile's "data" filter, or, for an archive of plain files and folders with relative
-    names and no "..", a cheaper one with the same effect. The "data" filter resolves every
-    member's path against the disk (half of unpacking CIFAR-10's 60,000 files); without links
-    in the archive, and unpacked into a fresh folder, no such path can lead outside it, so only
-    the names and the modes need checking."""
-
-    def plain(m: tarfile.TarInfo) -> bool:
-        name = PurePosixPath(m.name)
-        return (m.isfile() or m.isdir()) and not name.is_absolute() and ".." not in name.parts
-
-    if not all(plain(m) for m in members):
-        return "data"
-
-    def keep_plain(member: tarfile.TarInfo, _dest: str) -> tarfile.TarInfo:
-        mode = None if member.isdir() else 0o644  # as "data": no setuid, no execute
-        return member.replace(mode=mode, uid=None, gid=None, uname=None, gname=None, deep=False)
-
-    return keep_plain
-
-
 def _unpack(archive: Path) -> Path:
     """Unpack a .tar.gz or .zip ImageFolder archive into the cache (once, keyed by the
-    archive's SHA-256) and return its root, the folder holding train/.
+    archive's SHA-256) and return its root, the folder holding train/. tarfile's "data" filter
+    refuses members that would land outside it.
 
     It unpacks into a folder of its own and renames it into place when complete, so a killed
     run leaves no half tree under the key and trials unpacking at once never mix their files.
@@ -510,7 +485,7 @@ def _unpack(archive: Path) -> Path:
                     z.extractall(tmp)  # zipfile drops absolute and '..' parts of names
             else:
                 with tarfile.open(archive) as tar:
-                    tar.extractall(tmp, filter=_plain_tree_filter(tar.getmembers()))
+                    tar.extractall(tmp, filter="data")
             (tmp / ".complete").touch()
             tmp.rename(target)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
