@@ -1,6 +1,6 @@
 """AutoAttack and PGD-20 at another ε on a finished confirmation's trained models, on the test
 images the trial evaluated: the masking check at an ε whose confirmation ran no attack stronger
-than PGD (the cifar10-cpu preset runs AutoAttack at its eval ε only).
+than PGD (one whose `final_grid` left it out, as the committed cifar10-cpu study's did at 8/255).
 
     python -m benchmarks.reattack results/cifar10-cpu --config c001 --config pgd_at \
         --eps 8/255 --images 500 --out docs/results/cifar10-cpu/autoattack_eps8_255.csv
@@ -18,14 +18,13 @@ import argparse
 import json
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from study.store import CONFIRMATION_DIR
-from trainables.config import TRIAL_FIELDS, make_trial_config
+from trainables.config import TRIAL_FIELDS, make_trial_config, parse_grid
 from trainables.evaluate import accuracy, make_attack, robust_outcomes
 from trainables.refine import build_trial_model, load_trial_splits
 from trainables.trial_eval import test_order
@@ -51,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True, help="CSV file")
     args = p.parse_args(argv)
-    eps = float(Fraction(args.eps))
+    try:
+        ((_, eps),) = parse_grid(args.eps)
+    except (ValueError, ZeroDivisionError):
+        p.error(f"--eps: expected one radius in (0, 1], e.g. 8/255; got {args.eps!r}")
     trials = _trials(Path(args.study_dir), args.config)
     if not trials:
         print(f"error: no confirmation trial of {args.config} in {args.study_dir}", file=sys.stderr)

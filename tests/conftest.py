@@ -1,11 +1,14 @@
 """Shared fixtures: a small local Ray instance and the repository's shared data folder."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +66,23 @@ def digits_model(digits):
             loss.backward()
             opt.step()
     return model.eval()
+
+
+def archive_jpegs(archive: Path, n: int, folder: str = "") -> np.ndarray:
+    """The first n JPEGs under `folder` in an archive's order (the shared CIFAR-10 copy lists
+    each class folder sorted by name, as the loader orders it), uint8 (n, H, W, 3): a few real
+    images without decoding all 60,000."""
+    from PIL import Image
+
+    out = []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.name.startswith(folder) and member.name.endswith(".jpg"):
+                with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
+                    out.append(np.asarray(im.convert("RGB")))
+                if len(out) == n:
+                    break
+    return np.stack(out)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,13 @@
 """CIFAR-10-C generator on a few real CIFAR-10 images: determinism, layout, severity ordering."""
 
 import hashlib
-import io
 import shutil
-import tarfile
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import archive_jpegs
 from trainables import corruptions
 from trainables.corruptions import (
     CORRUPTIONS,
@@ -32,17 +31,7 @@ NOT_MONOTONE = {"glass_blur", "motion_blur", "frost", "elastic_transform"}
 @pytest.fixture(scope="module")
 def images(cifar10_tarball) -> np.ndarray:
     """The first 6 images of the shared CIFAR-10 archive, uint8 (6, 32, 32, 3)."""
-    from PIL import Image
-
-    out = []
-    with tarfile.open(cifar10_tarball) as tar:
-        for member in tar:
-            if member.name.endswith(".jpg"):
-                with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
-                    out.append(np.asarray(im.convert("RGB")))
-                if len(out) == 6:
-                    break
-    return np.stack(out)
+    return archive_jpegs(cifar10_tarball, 6)
 
 
 @pytest.fixture(scope="module")

@@ -1,30 +1,16 @@
 """Superpixels on small images: counts, determinism, warnings and bad input."""
 
-import io
-import tarfile
-
 import numpy as np
 import pytest
 
+from tests.conftest import archive_jpegs
 from trainables.segmentation import SUPERPIXELS_BY_SIDE, segment_batch, superpixel_defaults
 
 
 @pytest.fixture(scope="module")
 def cifar_images(cifar10_tarball) -> np.ndarray:
-    """The first 16 test images (test/airplane/), float32 NHWC in [0, 1], read straight from
-    the shared archive: decoding all 60,000 is test_data.py's job."""
-    from PIL import Image
-
-    with tarfile.open(cifar10_tarball) as tar:
-        members = sorted(
-            (m for m in tar.getmembers() if m.isfile() and "test/airplane/" in m.name),
-            key=lambda m: m.name,
-        )[:16]
-        images = []
-        for member in members:
-            with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
-                images.append(np.asarray(im.convert("RGB")))
-    return np.stack(images).astype(np.float32) / 255.0
+    """The first 16 test images (test/airplane/), float32 NHWC in [0, 1]."""
+    return archive_jpegs(cifar10_tarball, 16, "test/airplane/").astype(np.float32) / 255.0
 
 
 def _counts(segments: np.ndarray) -> np.ndarray:
