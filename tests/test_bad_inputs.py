@@ -141,7 +141,7 @@ def test_truncated_dataset_archive(tmp_path, capsys, cifar_tree):
         tar.add(cifar_tree, arcname="tiny-cifar")
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     code, err = _main(tmp_path, capsys, "--preset", "cifar10", "--data-dir", str(archive))
-    _assert_rejected(tmp_path, code, err, "--data-dir: cannot unpack")
+    _assert_rejected(tmp_path, code, err, "not a readable archive (")
 
 
 def test_dataset_cache_checksum_mismatch(tmp_path, capsys, cifar_tree):

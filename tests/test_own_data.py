@@ -54,25 +54,30 @@ def test_an_image_folder_is_decoded_once_with_its_classes_from_train(tmp_path):
     assert len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 2
 
 
+@pytest.mark.parametrize("top", ["pets/", ""])
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
-def test_an_archive_of_the_folder_gives_the_same_images(tmp_path, kind):
+def test_an_archive_of_the_folder_gives_the_same_images(tmp_path, kind, top):
+    """train/ inside one folder or at the archive's top; a zip made on a Mac carries
+    __MACOSX/ and ._ files, which are not images of the tree."""
     root = make_image_folder(tmp_path / "pets")
     archive = tmp_path / f"pets.{kind}"
     if kind == "zip":
         with zipfile.ZipFile(archive, "w") as z:
             for path in root.rglob("*.png"):
-                z.write(path, f"pets/{path.relative_to(root)}")
+                z.write(path, f"{top}{path.relative_to(root)}")
+                z.writestr(f"__MACOSX/{top}{path.parent.relative_to(root)}/._{path.name}", b"")
     else:
         with tarfile.open(archive, "w:gz") as tar:
-            tar.add(root, arcname="pets")
+            tar.add(root, arcname=top or ".")
     a, b = load_splits("imagefolder", root), load_splits("imagefolder", archive)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_x, b.test_x)
+    assert a.classes == b.classes == ("ant", "bee", "cat")
 
 
 @pytest.mark.parametrize("bad", ["../outside.png", "link", "absolute"])
-def test_an_archive_member_never_lands_outside_its_folder(tmp_path, bad):
-    """tarfile's "data" filter refuses what would escape (a name with "..", a file written
-    through a link out of the folder) and roots absolute names in the folder."""
+def test_an_archive_is_read_in_memory_and_writes_nothing(tmp_path, bad):
+    """No member is written anywhere, whatever its name or type (a link out of the archive's
+    folder and a file through it, an absolute name); a name with ".." is refused."""
     root = make_image_folder(tmp_path / "pets")
     archive = tmp_path / "pets.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -86,12 +91,13 @@ def test_an_archive_member_never_lands_outside_its_folder(tmp_path, bad):
         member.name = str(tmp_path / "absolute.png") if bad == "absolute" else bad
         with open(root / "train" / "ant" / "0.png", "rb") as f:
             tar.addfile(member, f)
-    if bad == "absolute":
-        assert load_splits("imagefolder", archive).test_size == 12
-    else:
-        with pytest.raises(DataError, match="cannot unpack"):
+    if bad == "../outside.png":
+        with pytest.raises(DataError, match=r"pets\.tar\.gz: member '\.\./outside\.png' leads"):
             load_splits("imagefolder", archive)
+    else:
+        assert load_splits("imagefolder", archive).test_size == 12
     assert not list(tmp_path.glob("*.png")) and not (tmp_path.parent / "outside.png").exists()
+    assert not list((tmp_path / "cache").rglob("*.png"))
 
 
 def test_test_fraction_holds_out_a_stratified_test_split(tmp_path):
