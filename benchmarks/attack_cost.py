@@ -20,7 +20,8 @@ import time
 import torch
 
 from benchmarks.output import emit_json
-from study.config import PRESETS, build_study_config
+from study.config import build_study_config
+from study.presets import PRESETS
 from trainables.attacks import PGD, Square
 from trainables.data import subset
 from trainables.evaluate import robust_outcomes

@@ -20,7 +20,7 @@ import time
 import torch
 
 from benchmarks.output import emit_json
-from study.config import PRESETS
+from study.presets import PRESETS
 from trainables.augment import resolve
 from trainables.base import base_trial_config, model_file
 from trainables.config import LR_SCHEDULES, make_trial_config

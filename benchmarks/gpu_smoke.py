@@ -121,7 +121,7 @@ def base_seconds(study_dir: str) -> float | None:
 def training_step(steps: int = 20) -> dict:
     """The preset's lime_refine step on random images, directly on this GPU: throughput and the
     peak of torch's allocations (tensors only; the CUDA context adds a few hundred MiB)."""
-    from study.config import PRESETS
+    from study.presets import PRESETS
     from trainables.config import make_trial_config
     from trainables.models import build_model
     from trainables.refine import backward

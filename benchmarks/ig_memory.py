@@ -21,12 +21,12 @@ import subprocess
 import sys
 
 from benchmarks.output import emit_json
-from study.config import PRESETS
+from study.presets import PRESETS
 
 ONE_SETTING = """
 import json, resource, sys, time
 import torch
-from study.config import PRESETS
+from study.presets import PRESETS
 from trainables.config import TrialConfig
 from trainables.models import build_model
 from trainables.refine import backward

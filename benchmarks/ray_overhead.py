@@ -19,8 +19,9 @@ import time
 import torch
 
 from benchmarks.output import emit_json
-from study.config import PRESETS, load_config
+from study.config import load_config
 from study.preflight import with_gpus_per_trial
+from study.presets import PRESETS
 from study.stages import connect_ray, run_study
 from trainables.refine import refine
 

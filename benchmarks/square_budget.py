@@ -33,7 +33,7 @@ import time
 import torch
 
 from benchmarks.output import emit_json
-from study.config import PRESETS
+from study.presets import PRESETS
 from trainables.attacks import PGD, SPSA, AutoAttack, Square
 from trainables.base import load_base_weights
 from trainables.config import make_trial_config, parse_grid

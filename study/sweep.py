@@ -12,21 +12,8 @@ import os
 import sys
 from typing import Any
 
-from study.config import PRESETS, ConfigError, StudyConfig, build_study_config, load_config
-from study.console import exit_code_of_reported, print_error
-from study.outputs import check_matched_clean
-from study.preflight import (
-    check_address,
-    check_cluster_file,
-    check_data,
-    check_model,
-    check_paths,
-    with_gpus_per_trial,
-)
-from study.stages import StageInterrupted, run_study
-from study.status import resume_command
-from study.store import LOG_FILE, STUDY_FILE, StudyStore
-from trainables.data import DataError
+from study.presets import PRESETS
+from study.store import LOG_FILE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -150,7 +137,22 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # --help and a malformed flag answer before torch and Ray load
+    from study.config import ConfigError, load_config
+    from study.console import exit_code_of_reported, print_error
+    from study.outputs import check_matched_clean
+    from study.preflight import (
+        check_address,
+        check_cluster_file,
+        check_data,
+        check_model,
+        check_paths,
+        with_gpus_per_trial,
+    )
+    from study.stages import StageInterrupted, run_study
+    from study.status import resume_command
+    from trainables.data import DataError
+
     try:
         if args.check_cluster:
             check_cluster_file(args.check_cluster)
@@ -178,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _resumed_config(cfg: StudyConfig) -> StudyConfig:
-    """On --resume the study's own study.json wins: a study keeps the settings it began with."""
+def _resumed_config(cfg):
+    """The study's own settings (study.json) when it has any: a resume runs what was started."""
+    from study.config import build_study_config
+    from study.store import STUDY_FILE, StudyStore
+
     values = StudyStore(cfg.study_dir).read_json(STUDY_FILE)
     return cfg if values is None else build_study_config(values)
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from study import outputs, preflight, stages, sweep
-from study.config import PRESETS, ConfigError, load_config
+from study.config import ConfigError, load_config
+from study.presets import PRESETS
 from tests.conftest import REPO
 from trainables.base import base_trial_config
 
@@ -128,6 +129,12 @@ def test_cli_help_and_exit_code_from_a_real_process():
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "--preset" in bad.stderr
+    # the command line is parsed before torch and Ray are imported: --help answers at once
+    heavy = "import sys, study.sweep; sys.exit(' '.join({'torch', 'ray'} & set(sys.modules)) or 0)"
+    imported = subprocess.run(
+        [sys.executable, "-c", heavy], cwd=REPO, capture_output=True, text=True
+    )
+    assert imported.returncode == 0, f"study.sweep imports {imported.stderr}"
 
 
 def test_a_cluster_that_cannot_hold_one_trial_is_named_on_the_console():

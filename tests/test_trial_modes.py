@@ -109,7 +109,7 @@ def test_a_checkpoint_saved_on_a_gpu_loads_on_a_cpu_only_node(tmp_path, monkeypa
 
 def test_the_gpu_preset_keeps_lime_and_ig_norm_within_one_gpu():
     """LIME on the worker's own GPU (no actor holding an idle share), IG-NORM's step in chunks."""
-    from study.config import PRESETS
+    from study.presets import PRESETS
 
     trial = PRESETS["cifar10"]["trial"]
     assert trial["lime_actors"] == 0 and trial["lime_backend"] == "torch"
