@@ -115,14 +115,20 @@ def make_synthetic_study(
     )
     _fit(
         space,
-        tune.TuneConfig(search_alg=search_alg, num_samples=num_samples, max_concurrent_trials=2),
+        tune.TuneConfig(
+            search_alg=search_alg,
+            num_samples=num_samples,
+            max_concurrent_trials=2,
+            reuse_actors=True,  # as the study's in-process trials: one process start per slot
+        ),
         storage=os.path.abspath(storage),
         name=name,
     )
     if baselines:
         base_space = {**trial, "mask_ratio": 0.0, "reg_weight": 0.0, "epsilon": 0.1}
         base_space["method"] = tune.grid_search(list(BASELINES))
-        _fit(base_space, tune.TuneConfig(max_concurrent_trials=2), study_dir, "baselines")
+        base_config = tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True)
+        _fit(base_space, base_config, study_dir, "baselines")
     with open(os.path.join(study_dir, STUDY_FILE), "w") as f:  # last: marks a finished study
         json.dump(settings, f, indent=2)
     return study_dir

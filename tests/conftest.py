@@ -121,6 +121,7 @@ TINY_STUDY = {
         },
     ],  # fmt: skip
     "confirm_seeds": 2,
+    "max_concurrent_trials": 2,  # on the suite's 2 CPUs more trial processes only add imports
     "trial": TINY_TRIAL,
 }
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import cifar_base, ig_memory, reproduce_cifar10, seed_spread
+from benchmarks import cifar_base, data_load, ig_memory, reproduce_cifar10, seed_spread
 
 
 @pytest.mark.slow  # the reproduction script end to end on CIFAR-10: ~40 s
@@ -92,3 +92,23 @@ def test_square_budget_benchmark_at_smoke_scale(cifar10_tarball, tmp_path):
     # the transfer from the ERM base only where the base is not the model attacked
     assert "transfer_acc" not in out["rows"][0] and 0 <= out["rows"][1]["transfer_acc"] <= 1
     assert out["smallest_budget_within"] in (None, 5, 50)
+
+
+@pytest.mark.slow  # five processes, each loading a small archive: ~15 s
+def test_data_load_benchmark_on_a_small_archive(tmp_path):
+    """A cold load, then the sealed and full loads from the cache it filled: the same images."""
+    import tarfile
+
+    from tests.test_own_data import make_image_folder
+
+    root = make_image_folder(tmp_path / "pets")
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="pets")
+    args = ["--dataset", "imagefolder", "--data-dir", str(archive), "--repeats", "2"]
+    out = data_load.main([*args, "--json", str(tmp_path / "d.json")])
+    assert json.loads((tmp_path / "d.json").read_text()) == out
+    assert out["images"] == 48 and out["cold_seconds"] > 0
+    assert len(out["warm_sealed_seconds"]) == len(out["warm_full_seconds"]) == 2
+    with pytest.raises(SystemExit):
+        data_load.main(["--data-dir", str(tmp_path / "missing.tar.gz")])

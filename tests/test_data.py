@@ -85,6 +85,7 @@ def test_wrong_number_of_classes(tmp_path, monkeypatch):
         load_splits("cifar100", tmp_path / "folder")
 
 
+@pytest.mark.slow  # all 60,000 images decoded (the default suite reads a few)
 def test_shared_cifar10_tarball_through_the_image_folder_loader(cifar10_tarball):
     splits = load_splits("cifar10", cifar10_tarball)
     assert splits.train_x.shape == (45000, 3, 32, 32) and splits.val_x.shape == (5000, 3, 32, 32)

@@ -253,6 +253,7 @@ def test_diverging_trial_errors_with_its_reason_and_the_study_completes(
         assert not _results(trial_dir)  # it diverged in round 1 and never reported
 
 
+@pytest.mark.slow  # a fault: a real allocation failure in a process of its own
 def test_out_of_memory_is_a_clear_error(tmp_path):
     """A real allocation failure: the loop runs under an address-space limit 1 GB above what the
     process already holds, on 256x256 images whose activations need several GB."""

@@ -548,6 +548,7 @@ def test_a_real_tune_run_stops_the_dominated_configurations(ray_local, tmp_path)
             search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=4),
             scheduler=scheduler,
             num_samples=len(points),
+            reuse_actors=True,  # as the study runs in-process trials
         ),
         run_config=tune.RunConfig(name="moasha", storage_path=str(tmp_path), verbose=0),
     )
@@ -619,7 +620,11 @@ def test_optuna_sees_the_stopped_configurations_of_a_real_run_as_pruned(ray_loca
         tune.with_resources(_x_trainable, {"cpu": 0.5}),
         param_space={"x": tune.uniform(0.0, 1.0)},
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=8, max_concurrent_trials=4
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=8,
+            max_concurrent_trials=4,
+            reuse_actors=True,  # as the study runs in-process trials
         ),
         run_config=tune.RunConfig(name="optuna", storage_path=str(tmp_path), verbose=0),
     )

@@ -159,6 +159,7 @@ def _sleep_and_report(config):
     tune.report({"x": 1.0})
 
 
+@pytest.mark.slow  # a fault: a stage interrupted by a real signal, then resumed
 def test_an_interrupted_stage_is_an_error_not_a_finished_stage(ray_local, tmp_path):
     """Ctrl-C (or SIGUSR1, the same handler) makes Tune stop, save its state and return from
     fit() as if the stage had finished; fit_stage reads the saved state and raises. Real Tune,
@@ -182,7 +183,7 @@ def test_an_interrupted_stage_is_an_error_not_a_finished_stage(ray_local, tmp_pa
         return tune.Tuner(
             _sleep_and_report,
             param_space={"sleep_s": tune.grid_search([0.0, 0.5, 1.0])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=1),
+            tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),  # as a stage
             run_config=tune.RunConfig(
                 storage_path=str(tmp_path), name=name, callbacks=callbacks, verbose=0
             ),
