@@ -302,6 +302,7 @@ def test_a_base_given_by_its_checkpoint_is_refined_everywhere_and_never_trained(
 # --- the Ray Train path ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a Ray Train worker group, as every Train-mode test: the slow suite
 def test_base_trains_as_a_ray_train_run(ray_local, tmp_path, digits_fp):
     from trainables.trial import run_base
 
