@@ -103,6 +103,7 @@ TINY_TRIAL = {
     "eval_steps": 5,
     "ig_steps": 4,
     "final_eval_subset": 16,  # AutoAttack's images: three quarters of a confirmation trial
+    "cpus_per_worker": 0.5,  # four trials at once on 2 CPUs: MO-ASHA's tests need rung peers
 }
 
 
