@@ -651,7 +651,7 @@ def test_optuna_sees_the_stopped_configurations_of_a_real_run_as_pruned(ray_loca
 @pytest.mark.slow  # 4 configurations x 2 replicates, 3 rounds, from the command line: ~1-3 min
 @pytest.mark.parametrize("num_workers", [0, 1], ids=["in-process", "train-worker"])
 def test_mo_asha_in_a_real_study_from_the_command_line(ray_local, tmp_path, num_workers):
-    """Joined to the session's Ray instance: with a second local instance beside it, Ray Train's
+    """Joined to pytest's shared Ray instance: with a second local instance beside it, Ray Train's
     PlacementGroupCleaner cannot tell which to ask about a stopped trial's controller ("multiple
     active Ray instances") and the stopped trials' placement groups are never freed."""
     import json
